@@ -1,0 +1,1 @@
+"""The SLFER network, its losses, training and evaluation."""
