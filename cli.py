@@ -88,7 +88,8 @@ def inspect_dataset_command(root, dataset_format, label_order, skip_unknown, che
 @click.option("--shard-index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Which part this process handles, 0 to --num-shards minus 1.")
 @click.option("--overwrite", is_flag=True, help="Parse again images that already have a mask.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Parse at most this many images.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Parse at most this many images, evenly spaced over splits and classes.")
 @click.option("--save-raw", is_flag=True, help="BiSeNet only: also save the 19-class mask beside the 8-part one.")
 def parse_masks_command(root, dataset_format, label_order, skip_unknown, **options):
     """Give every image an 8-part face-parsing mask (PNG) and write a JSONL report."""
@@ -111,13 +112,15 @@ def parse_masks_command(root, dataset_format, label_order, skip_unknown, **optio
               help="Number of dominant non-background parts marked 1 in the part vector.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Samples per shard file.")
-@click.option("--codec", type=click.Choice(("raw", "jpeg")), default="raw", show_default=True,
-              help="How images are stored: raw uint8 pixels or JPEG bytes.")
+@click.option("--codec", type=click.Choice(("raw", "gzip", "jpeg")), default="raw", show_default=True,
+              help="How images are stored: raw uint8 pixels, the same pixels gzip-compressed, or JPEG bytes "
+                   "(quality 95).")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
               help="Processes that decode and resize images.")
 @click.option("--overwrite", is_flag=True, help="Replace shards that already exist in --out.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Pack at most this many images per split.")
+              help="Pack at most this many images, evenly spaced over splits and classes "
+                   "(the same images as parse-masks --limit).")
 def build_shards_command(root, dataset_format, label_order, skip_unknown, **options):
     """Pack images, masks, labels and top-n part vectors into checked HDF5 shards."""
     from pipeline.shard_writer import build_shards
@@ -186,13 +189,18 @@ def train_command(config_file, **options):
 @click.option("--checkpoint", "checkpoints", type=click.Path(exists=True, path_type=Path),
               required=True, multiple=True,
               help="Checkpoint file (RUN/best.pt); repeat to evaluate several and print one comparison.")
-@click.option("--split", default="test", show_default=True, help="Shard split to evaluate.")
-@click.option("--tta-flip", is_flag=True, help="Average the logits of each image and its mirror image.")
+@click.option("--split", default=None,
+              help="Shard split to evaluate (default: test when the shards have it, else val).")
+@click.option("--tta-flip", is_flag=True,
+              help="Average the softmax probabilities of each image and its mirror image.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for report.json, confusion.csv and confusion.png (default: beside the checkpoint).")
+              help="Folder for report.json, predictions.csv, confusion.csv and confusion.png "
+                   "(default: CHECKPOINT_FOLDER/eval-SPLIT; with several checkpoints, one subfolder per run).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per forward pass (twice as many go through the network with --tta-flip).")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader worker processes that read the shards (0 reads in this process).")
 def evaluate_command(**options):
     """Report accuracy, per-class metrics and the confusion matrix of a checkpoint."""
     from slfer_model.evaluate import evaluate
