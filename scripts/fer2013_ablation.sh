@@ -50,4 +50,4 @@ for variant in baseline proposed; do
   done
 done
 wait
-slfer compare "$work"/runs/*-seed*
+slfer compare "$work"/runs/*-seed[0-9]
