@@ -29,6 +29,7 @@ from slfer_model.distributed import (
 )
 from slfer_model.loaders import make_eval_loader, make_train_loader
 from slfer_model.losses import joint_loss
+from slfer_model.metrics import classification_metrics
 from slfer_model.network import SLFERNet, build_model
 from slfer_model.run_files import plot_curves, read_metrics, write_config, write_metrics
 
@@ -349,18 +350,8 @@ def validate(model: SLFERNet, loader, context: DistributedContext) -> dict[str, 
         predictions.append(logits.argmax(1).cpu())
     model.train()
 
-    labels = torch.cat(labels).numpy()
-    predictions = torch.cat(predictions).numpy()
-    return {
-        "val_accuracy": float((labels == predictions).mean()),
-        "val_mean_class_accuracy": mean_class_accuracy(labels, predictions),
-    }
-
-
-def mean_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Mean of the per-class recalls over the classes present in `labels`."""
-    recalls = [float((predictions[labels == c] == c).mean()) for c in np.unique(labels)]
-    return float(np.mean(recalls))
+    metrics = classification_metrics(torch.cat(labels).numpy(), torch.cat(predictions).numpy(), CLASS_NAMES)
+    return {"val_accuracy": metrics.accuracy, "val_mean_class_accuracy": metrics.mean_class_accuracy}
 
 
 def save_epoch(out_dir: Path, model: SLFERNet, optimizer, scheduler, config: TrainConfig, data: Data,
