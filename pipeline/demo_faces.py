@@ -435,7 +435,7 @@ def generate_demo_dataset(out_dir: Path, per_class: int = 100, val_per_class: in
     features: dict[str, dict[str, list[float]]] = {}
     jobs = [(split, class_name, index) for split in SPLITS for class_name in CLASS_NAMES
             for index in range(counts[split])]
-    for split, class_name, index in tqdm(jobs, desc="demo faces", unit="image"):
+    for split, class_name, index in tqdm(jobs, desc="demo faces", unit="image", disable=None):
         rng = image_rng(seed, split, class_name, index)
         face = sample_face(rng, class_name)
         image, boxes = render_face(face, size, rng)

@@ -158,7 +158,7 @@ def check_all_images(scan: DatasetScan, workers: int) -> ImageCheck:
     chunks = [paths[start:start + CHUNK_SIZE] for start in range(0, len(paths), CHUNK_SIZE)]
     check = ImageCheck()
 
-    with tqdm(total=len(paths), desc="decoding images", unit="image") as progress:
+    with tqdm(total=len(paths), desc="decoding images", unit="image", disable=None) as progress:
         for chunk_check, count in decode_chunks(scan.image_root, chunks, workers):
             check.unreadable.extend(chunk_check.unreadable)
             check.sizes.update(chunk_check.sizes)

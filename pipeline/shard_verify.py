@@ -42,7 +42,7 @@ def verify_shards(shards_dir: str | os.PathLike) -> int:
     problems = []
     histograms = {}
     total = sum(shard["count"] for shard in manifest["shards"])
-    with tqdm(total=total, unit="img", desc="verify") as progress:
+    with tqdm(total=total, unit="img", desc="verify", disable=None) as progress:
         for shard in manifest["shards"]:
             shard_problems = verify_shard(shards_dir, shard, manifest, histograms, progress)
             problems.extend(f"{shard['file']}: {problem}" for problem in shard_problems)

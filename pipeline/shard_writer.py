@@ -554,7 +554,7 @@ def write_shards(plans: list[ShardPlan], image_root: Path, masks_dir: Path, out_
     try:
         samples = iter_prepared(pool, workers, pairs)
         total = sum(len(plans[position].records) for position in to_write)
-        with tqdm(total=total, unit="img", desc="build-shards") as progress:
+        with tqdm(total=total, unit="img", desc="build-shards", disable=None) as progress:
             for position in to_write:
                 plan = plans[position]
                 count, skipped[position] = write_shard(out_dir / plan.name, plan, samples, attributes, progress)

@@ -363,7 +363,7 @@ def predict_split(
 ) -> SplitPredictions:
     """Run the model over every batch of `loader` and collect probabilities and labels."""
     indices, labels, probabilities = [], [], []
-    for batch in tqdm(loader, desc=description, unit="batch"):
+    for batch in tqdm(loader, desc=description, unit="batch", disable=None):
         images = batch["image"].to(device, non_blocking=True)
         probabilities.append(predict_probabilities(model, images, tta_flip).cpu().numpy())
         labels.append(batch["label"].numpy())

@@ -275,8 +275,9 @@ def train_one_epoch(
     wait_seconds = 0.0
     start = last = time.perf_counter()
 
+    # Only rank 0 draws a bar, and only on a terminal (None lets tqdm check).
     progress = tqdm(total=batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                    disable=not context.is_main, leave=False)
+                    disable=None if context.is_main else True, leave=False)
     for step, batch in enumerate(data.train_loader):
         if step >= batches:
             break
