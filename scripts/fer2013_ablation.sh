@@ -2,7 +2,7 @@
 # Train and evaluate baseline and proposed on FER2013 at a CPU-friendly size,
 # two seeds each, four runs in parallel with one thread each.
 # Usage: scripts/fer2013_ablation.sh FER2013_ROOT WORK
-# FER2013_ROOT holds train/<class>/*.jpg and val/<class>/*.jpg. Every step
+# FER2013_ROOT contains train/<class>/*.jpg and val/<class>/*.jpg. Every step
 # skips work that an earlier run finished.
 set -euo pipefail
 fer=${1:?usage: $0 FER2013_ROOT WORK}
