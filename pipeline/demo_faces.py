@@ -314,7 +314,7 @@ def draw_nose(canvas: FaceCanvas, face: FaceSample) -> None:
 
 
 def mouth_outline(face: FaceSample) -> tuple[np.ndarray, np.ndarray]:
-    """The upper and lower lip edges of the mouth opening, left corner to right corner."""
+    """Compute the upper and lower lip edges of the mouth opening, left corner to right corner."""
     half_width = 0.15 * face.mouth_width
     t = np.linspace(-1.0, 1.0, 21)
     x = 0.5 + half_width * t
@@ -342,7 +342,7 @@ def draw_mouth(canvas: FaceCanvas, face: FaceSample) -> None:
 
 
 def background_layer(size: int, face: FaceSample) -> np.ndarray:
-    """A background colour with a vertical gradient, as float RGB."""
+    """Draw a background colour with a vertical gradient, as float RGB."""
     ramp = np.linspace(-0.5, 0.5, size)[:, None, None]
     layer = np.asarray(face.background)[None, None, :] + ramp * np.asarray(face.background_gradient)
     return np.clip(np.broadcast_to(layer, (size, size, 3)), 0, 255).astype(np.float64)

@@ -5,10 +5,10 @@ skips those whose mask file already exists (unless overwrite). DataLoader
 worker processes decode and prepare the rest while the main process parses
 batches. Each parsed image gets a mask PNG, and each record a JSONL report line.
 
-Exit status: 0 when the run finished, even if some images failed (they are
-`failed` lines in the report and counted in the summary); 1 when the run could
-not start (bad options, an unreadable dataset, missing weights, or a parser
-that differs from the one recorded in OUT/parser.json).
+Exit status: 0 when the run finished, even if some images failed, because
+failures are `failed` lines in the report and counted in the summary. 1 when
+the run could not start: bad options, an unreadable dataset, missing weights,
+or a parser that differs from the one recorded in OUT/parser.json.
 """
 
 from __future__ import annotations

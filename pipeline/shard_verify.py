@@ -2,8 +2,8 @@
 
 Checks, per shard: the sha256 recorded in the manifest, the root attributes,
 the datasets with their dtypes, shapes and filters, the sample count, and
-every sample (HDF5 verifies each chunk's fletcher32 checksum while reading, so
-a flipped byte inside a raw image or mask chunk fails there). Each sample's
+every sample. HDF5 verifies each chunk's fletcher32 checksum while reading, so
+a flipped byte inside a raw image or mask chunk fails there. Each sample's
 pixel counts and part vector are recomputed from its mask, and the label and
 part histograms of each split from the shards.
 """

@@ -1,7 +1,7 @@
 """Small labelled datasets with parse-masks style outputs, for the shard tests.
 
-Images are real PNG files in the folder-per-class layout; masks are 8-part
-PNGs at the paths parse-masks uses, drawn here so the shard tests do not
+Images are real PNG files in the folder-per-class layout. Masks are 8-part
+PNGs at the paths parse-masks uses, drawn here so that the shard tests do not
 depend on a face parser.
 """
 

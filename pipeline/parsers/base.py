@@ -1,4 +1,4 @@
-"""What every face parser provides, and the errors parsers raise.
+"""The face parser interface and the errors parsers raise.
 
 A parser works in two steps so that decoding overlaps inference.
 `prepare(image)` runs in the decode worker processes on one decoded RGB image.
