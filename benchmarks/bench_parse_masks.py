@@ -37,7 +37,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from pipeline.datasets import scan_dataset  # noqa: E402
 from pipeline.images import decode_image  # noqa: E402
 from pipeline.parse_masks import parse_records  # noqa: E402
-from pipeline.parsers.bisenet import BiSeNetParser, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE  # noqa: E402
+from pipeline.parsers.bisenet import (  # noqa: E402
+    BiSeNetParser, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, first_output,
+)
 from pipeline.parsers.class_map import load_class_map  # noqa: E402
 from pipeline.parsers.landmarks import LandmarkMasker  # noqa: E402
 
@@ -92,6 +94,8 @@ def bench_bisenet(args: argparse.Namespace, image_root: Path, records: list) -> 
         reference_model = reference_model.eval().to(device)
 
     paths = [image_root / record.path for record in records]
+    batch_size = args.batch_size or parser.default_batch_size
+    workers = parser.default_workers if args.workers is None else args.workers
     # One warm-up image each, so lazy initialisation is not timed.
     facexlib_loop(reference_model, paths[:1], class_map.lookup, device)
     slfer_path(parser, image_root, records[:1], 1, 0)
@@ -100,7 +104,7 @@ def bench_bisenet(args: argparse.Namespace, image_root: Path, records: list) -> 
     for round_index in range(args.rounds):
         loop_seconds, loop_masks = time_call(lambda: facexlib_loop(reference_model, paths, class_map.lookup, device))
         slfer_seconds, slfer_masks = time_call(
-            lambda: slfer_path(parser, image_root, records, args.batch_size, args.workers))
+            lambda: slfer_path(parser, image_root, records, batch_size, workers))
         loop_rates.append(len(paths) / loop_seconds)
         slfer_rates.append(len(paths) / slfer_seconds)
         print(f"round {round_index + 1}: facexlib loop {loop_rates[-1]:.2f} images/s, "
@@ -109,11 +113,34 @@ def bench_bisenet(args: argparse.Namespace, image_root: Path, records: list) -> 
     agreement = np.mean([np.mean(a == b) for a, b in zip(loop_masks, slfer_masks)])
     loop_rate, slfer_rate = statistics.median(loop_rates), statistics.median(slfer_rates)
     print(f"BiSeNet on {device}, {torch.get_num_threads()} torch threads, {len(paths)} images, "
-          f"batch {args.batch_size}, {args.workers} decode workers, median of {args.rounds} rounds:")
+          f"batch {batch_size}, {workers} decode workers, median of {args.rounds} rounds:")
     print(f"  facexlib per-image loop: {loop_rate:.2f} images/s")
     print(f"  slfer batched path:      {slfer_rate:.2f} images/s")
     print(f"  ratio slfer / loop:      {slfer_rate / loop_rate:.2f}x")
     print(f"  mask pixels equal between the two: {agreement:.4%}")
+    bench_forward_passes(reference_model, parser, args.rounds)
+
+
+def bench_forward_passes(reference_model: torch.nn.Module, parser: BiSeNetParser, repeats: int) -> None:
+    """Time single 512x512 forward passes of facexlib's model and of slfer's two steps, interleaved."""
+    pixels = torch.randn(1, 3, INPUT_SIZE, INPUT_SIZE)
+    channels_last = pixels.contiguous(memory_format=torch.channels_last)
+    passes = {
+        "facexlib's full forward (three outputs), NCHW": lambda: reference_model(pixels),
+        "first output only, channels_last": lambda: first_output(parser.model, channels_last),
+        "first output only, BatchNorm folded": lambda: parser.forward(channels_last),
+    }
+    seconds = {name: [] for name in passes}
+    with torch.inference_mode():
+        for run in passes.values():
+            run()
+        for _ in range(repeats):
+            for name, run in passes.items():
+                elapsed, _ = time_call(run)
+                seconds[name].append(elapsed)
+    print(f"single forward passes, median of {repeats}:")
+    for name, times in seconds.items():
+        print(f"  {name}: {1000 * statistics.median(times):.0f} ms")
 
 
 def bench_landmarks(args: argparse.Namespace, image_root: Path, records: list) -> None:
@@ -138,8 +165,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="BiSeNet images per round")
     parser.add_argument("--landmark-images", type=int, default=200, help="images for the landmark parser")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both BiSeNet paths")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=1, help="slfer decode worker processes")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: parse-masks' default for the device")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="slfer decode worker processes (default: parse-masks' default for the device)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", type=Path, default=None, help="BiSeNet weights (default: random)")

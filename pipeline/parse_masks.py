@@ -57,7 +57,7 @@ class RunCounts:
 
 
 def parse_masks(root: Path, dataset_format: str, *, label_order: str | None, skip_unknown: bool, out_dir: Path,
-                parser_name: str, weights: Path | None, device: str, batch_size: int, workers: int,
+                parser_name: str, weights: Path | None, device: str, batch_size: int | None, workers: int | None,
                 class_map: Path | None, face_box: str, num_shards: int, shard_index: int, overwrite: bool,
                 limit: int | None, save_raw: bool) -> int:
     """Parse the images of one shard of a dataset into masks under `out_dir`.
@@ -65,7 +65,8 @@ def parse_masks(root: Path, dataset_format: str, *, label_order: str | None, ski
     `limit` keeps that many records evenly spaced over the dataset's order, so
     that every split and class is represented, before the shard is taken and
     finished images are skipped. A rerun, and build-shards, given the same
-    limit select the same images.
+    limit select the same images. `batch_size` and `workers` None take the
+    parser's defaults, which depend on the device.
 
     Returns:
         The exit status: 0 when the run finished, 1 on a usage or set-up error.
@@ -87,7 +88,8 @@ def parse_masks(root: Path, dataset_format: str, *, label_order: str | None, ski
         logger.warning("%d images named by the label file are missing, for example %s",
                        len(scan.missing), scan.missing[0])
     counts, report = run_shard(scan.image_root, records, out_dir, parser, overwrite=overwrite,
-                               batch_size=batch_size, workers=workers, shard=(shard_index, num_shards))
+                               batch_size=batch_size or parser.default_batch_size,
+                               workers=parser.default_workers if workers is None else workers, shard=(shard_index, num_shards))
     logger.info("parse-masks shard %d of %d: %d done, %d skipped as already done, %d failed; report %s",
                 shard_index, num_shards, counts.done, counts.skipped, counts.failed, report)
     return 0

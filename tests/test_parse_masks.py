@@ -67,8 +67,8 @@ def mask_bytes(out_dir: Path) -> dict[str, bytes]:
     return {path.relative_to(masks).as_posix(): path.read_bytes() for path in sorted(masks.rglob("*.png"))}
 
 
-def parse_landmarks(dataset: Path, out_dir: Path, **options) -> int:
-    """Run parse-masks with the landmark parser in this process (no CLI start-up), as the CLI calls it."""
+def parse_in_process(dataset: Path, out_dir: Path, **options) -> int:
+    """Run parse-masks in this process (no CLI start-up) as the CLI calls it, by default with the landmark parser."""
     settings = dict(label_order=None, skip_unknown=False, out_dir=out_dir, parser_name="landmarks", weights=None,
                     device="cpu", batch_size=4, workers=0, class_map=None, face_box="whole", num_shards=1,
                     shard_index=0, overwrite=False, limit=None, save_raw=False)
@@ -110,6 +110,18 @@ def test_bisenet_end_to_end(tmp_path, fer2013_images, random_weights):
     assert "3 done, 0 skipped as already done, 0 failed" in result.stderr
 
 
+def test_bisenet_masks_same_for_any_batch_size(tmp_path, fer2013_images, random_weights):
+    dataset = make_dataset(tmp_path / "data", {"sad": fer2013_images["sad"]}, per_class=5)
+    masks = []
+    for name, batch_size, workers in (("defaults", None, None), ("batched", 3, 1)):
+        status = parse_in_process(dataset, tmp_path / name, parser_name="bisenet", weights=random_weights,
+                                 batch_size=batch_size, workers=workers)
+        assert status == 0
+        masks.append(mask_bytes(tmp_path / name))
+    assert len(masks[0]) == 5
+    assert masks[0] == masks[1]
+
+
 @pytest.mark.slow
 def test_offline_without_weights(tmp_path, fer2013_images):
     dataset = make_dataset(tmp_path / "data", {"happy": fer2013_images["happy"]}, per_class=1)
@@ -136,9 +148,9 @@ def test_shard_index_out_of_range(tmp_path, fer2013_root):
 def test_rerun_skips_done(tmp_path, fer2013_images):
     dataset = make_dataset(tmp_path / "data", fer2013_images, per_class=1)
     out_dir = tmp_path / "out"
-    assert parse_landmarks(dataset, out_dir) == 0
+    assert parse_in_process(dataset, out_dir) == 0
     first = mask_bytes(out_dir)
-    assert parse_landmarks(dataset, out_dir) == 0
+    assert parse_in_process(dataset, out_dir) == 0
     assert {line["status"] for line in read_report(out_dir)} == {"skipped"}
     assert mask_bytes(out_dir) == first
 
@@ -146,10 +158,10 @@ def test_rerun_skips_done(tmp_path, fer2013_images):
 def test_rerun_other_parser_rejected(tmp_path, fer2013_images, caplog):
     dataset = make_dataset(tmp_path / "data", {"sad": fer2013_images["sad"]}, per_class=2)
     out_dir = tmp_path / "out"
-    assert parse_landmarks(dataset, out_dir) == 0
-    assert parse_landmarks(dataset, out_dir, face_box="detect") == 1
+    assert parse_in_process(dataset, out_dir) == 0
+    assert parse_in_process(dataset, out_dir, face_box="detect") == 1
     assert "use another --out, or pass --overwrite" in caplog.text
-    assert parse_landmarks(dataset, out_dir, face_box="detect", overwrite=True) == 0
+    assert parse_in_process(dataset, out_dir, face_box="detect", overwrite=True) == 0
     assert json.loads((out_dir / "parser.json").read_text())["settings"]["face_box"] == "detect"
 
 
@@ -158,7 +170,7 @@ def test_resume_after_kill(tmp_path, fer2013_images):
     dataset = make_dataset(tmp_path / "data", fer2013_images, per_class=20)
     total = sum(1 for _ in dataset.rglob("*.jpg"))
     clean_dir, resumed_dir = tmp_path / "clean", tmp_path / "resumed"
-    assert parse_landmarks(dataset, clean_dir) == 0
+    assert parse_in_process(dataset, clean_dir) == 0
 
     console_script = Path(sys.executable).parent / "slfer"
     process = subprocess.Popen(
@@ -176,7 +188,7 @@ def test_resume_after_kill(tmp_path, fer2013_images):
     written_before_kill = len(list((resumed_dir / "masks").rglob("*.png")))
     assert 0 < written_before_kill < total
 
-    assert parse_landmarks(dataset, resumed_dir) == 0
+    assert parse_in_process(dataset, resumed_dir) == 0
     skipped = [line for line in read_report(resumed_dir) if line["status"] == "skipped"]
     assert len(skipped) == written_before_kill
     assert mask_bytes(resumed_dir) == mask_bytes(clean_dir)
@@ -185,11 +197,11 @@ def test_resume_after_kill(tmp_path, fer2013_images):
 def test_shards_cover_dataset(tmp_path, fer2013_images):
     dataset = make_dataset(tmp_path / "data", fer2013_images, per_class=3)
     whole_dir, sharded_dir = tmp_path / "whole", tmp_path / "sharded"
-    assert parse_landmarks(dataset, whole_dir) == 0
+    assert parse_in_process(dataset, whole_dir) == 0
 
     shard_paths = []
     for index in range(3):
-        assert parse_landmarks(dataset, sharded_dir, num_shards=3, shard_index=index) == 0
+        assert parse_in_process(dataset, sharded_dir, num_shards=3, shard_index=index) == 0
         report = sorted((sharded_dir / "reports").glob(f"*-{index}-of-3.jsonl"))[-1]
         shard_paths.append({json.loads(line)["path"] for line in report.read_text().splitlines()})
 
@@ -272,10 +284,20 @@ def parts_inside_face(mask: np.ndarray) -> bool:
     return in_order and centred
 
 
+def test_landmarks_of_partly_covered_face(fer2013_root):
+    # A tilted face half covered by a hand: the whole-image box gives landmarks
+    # with the nose above the eyes, and dlib's detector scores the face below
+    # its own threshold of 0. The detector's best box gives a usable mask.
+    from pipeline.parsers.landmarks import LandmarkMasker
+
+    image = decode_image(fer2013_root / "train" / "sad" / "Training_28593309.jpg")
+    assert parts_inside_face(LandmarkMasker("whole")(image).parts)
+
+
 def test_landmark_parts_inside_face(tmp_path, fer2013_images):
     dataset = make_dataset(tmp_path / "data", fer2013_images, per_class=20)
     out_dir = tmp_path / "out"
-    assert parse_landmarks(dataset, out_dir) == 0
+    assert parse_in_process(dataset, out_dir) == 0
 
     lines = read_report(out_dir)
     passed = [line["status"] == "done" and parts_inside_face(read_mask(mask_path(out_dir, line["path"])))
@@ -284,10 +306,21 @@ def test_landmark_parts_inside_face(tmp_path, fer2013_images):
     assert sum(passed) >= 0.9 * len(lines)
 
 
+@pytest.mark.slow
+def test_landmarks_on_500_fer2013_images(tmp_path, fer2013_root):
+    out_dir = tmp_path / "out"
+    result = run_cli("parse-masks", fer2013_root, "--format", "folder", "--parser", "landmarks", "--limit", "500",
+                     "--out", out_dir)
+    assert result.returncode == 0, result.stderr
+    masks = sorted((out_dir / "masks").rglob("*.png"))
+    assert len(masks) == 500, result.stderr
+    assert sum(parts_inside_face(read_mask(path)) for path in masks) >= 0.9 * 500
+
+
 def test_limit_spreads_over_classes(tmp_path, fer2013_images):
     dataset = make_dataset(tmp_path / "data", fer2013_images, per_class=2)
     out_dir = tmp_path / "out"
-    assert parse_landmarks(dataset, out_dir, limit=7) == 0
+    assert parse_in_process(dataset, out_dir, limit=7) == 0
 
     lines = read_report(out_dir)
     classes = {Path(line["path"]).parent.name for line in lines}

@@ -13,8 +13,8 @@ from pipeline.labels import PART_NAMES
 from pipeline.parsers import ParserSetupError, create_parser
 from pipeline.parsers.base import FaceNotFoundError, file_sha256
 from pipeline.parsers.bisenet import (
-    IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_FILE, WEIGHTS_URL, BiSeNetParser, first_output, load_bisenet,
-    logits_to_masks, normalise, resolve_weights,
+    IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_FILE, WEIGHTS_URL, BiSeNetParser, first_output, fold_batch_norms,
+    load_bisenet, logits_to_masks, normalise, resolve_weights,
 )
 from pipeline.parsers.class_map import BISENET_LABELS, ClassMapError, default_class_map_path, load_class_map
 from pipeline.parsers.landmarks import LandmarkMasker, predictor_path
@@ -150,6 +150,27 @@ def test_first_output_matches_forward(random_bisenet):
     pixels = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         assert torch.allclose(first_output(model, pixels), model(pixels)[0], atol=1e-5)
+
+
+def test_folded_batch_norms_match_first_output(random_bisenet):
+    model = load_bisenet(random_bisenet, torch.device("cpu"))
+    # Freshly initialised batch norms are the identity, so spread them to make folding change the weights.
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            for tensor, low, high in ((module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
+                                      (module.weight.data, 0.5, 1.5), (module.bias.data, -0.2, 0.2)):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    folded = fold_batch_norms(model)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    pixels = torch.randn(2, 3, 100, 76, generator=generator)
+    with torch.inference_mode():
+        assert torch.allclose(folded(pixels), first_output(model, pixels), atol=1e-4)
+
+
+def test_cpu_parses_one_image_per_batch_without_workers(random_bisenet):
+    parser = BiSeNetParser(random_bisenet, load_class_map(), torch.device("cpu"))
+    assert (parser.default_batch_size, parser.default_workers) == (1, 0)
 
 
 def test_load_bisenet_keeps_weights(random_bisenet):

@@ -63,6 +63,16 @@ class FaceParser(ABC):
     visible_parts: tuple[str, ...]
 
     @property
+    def default_batch_size(self) -> int:
+        """Images per `parse_batch` call when the user gives no --batch-size."""
+        return 16
+
+    @property
+    def default_workers(self) -> int:
+        """Decode worker processes when the user gives no --workers: up to 4, one per core."""
+        return min(4, os.cpu_count() or 1)
+
+    @property
     @abstractmethod
     def prepare(self) -> Callable[[np.ndarray], Any]:
         """Return a picklable callable that turns one decoded RGB image into a `parse_batch` input.
