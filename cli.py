@@ -149,6 +149,8 @@ def verify_command(shards_dir):
               help="YAML file of training settings; options given here override it.")
 @click.option("--variant", type=click.Choice(VARIANTS), default=None,
               help="Ablation variant (default proposed: ST + CT + SE).")
+@click.option("--no-se", is_flag=True, default=None,
+              help="Build the backbone without SE blocks, which only the proposed variant has.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 40).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Images per step (default 16).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,

@@ -28,6 +28,8 @@ class TrainConfig:
     shards_dir: str | None = None
     out_dir: str | None = None
     variant: str = "proposed"
+    # Removes the SE blocks from a variant that has them (only "proposed").
+    no_se: bool = False
     epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-4
@@ -124,7 +126,7 @@ def convert(name: str, value: Any) -> Any:
             return parse_int(value)
         if name in ("lr", "gamma", "lambda_seg", "lambda_part"):
             return float(value)
-        if name in ("deterministic", "resume"):
+        if name in ("deterministic", "resume", "no_se"):
             return parse_bool(value)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"setting {name} has invalid value {value!r}: {error}") from error

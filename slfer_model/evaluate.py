@@ -292,8 +292,9 @@ def load_inference_model(checkpoint: dict, checkpoint_path: Path, device: torch.
     """Build the checkpoint's variant, load its weights and return the backbone and expression head."""
     variant = checkpoint["variant"]
     try:
+        # Checkpoints written before the "se" entry existed follow their variant.
         model = build_model(variant, num_classes=len(checkpoint["class_names"]),
-                            num_parts=len(checkpoint["part_names"]))
+                            num_parts=len(checkpoint["part_names"]), se=checkpoint.get("se"))
     except ValueError as error:
         raise EvaluationError(f"checkpoint {checkpoint_path}: {error}") from error
 
@@ -397,6 +398,7 @@ def build_report(
         "run": job.run_name,
         "checkpoint": str(job.checkpoint.resolve()),
         "variant": checkpoint["variant"],
+        "se": checkpoint.get("se", VARIANTS[checkpoint["variant"]].se),
         "epoch": checkpoint.get("epoch"),
         "shards": str(Path(shards_dir).resolve()),
         "split": split,
@@ -488,7 +490,7 @@ def format_report_table(report: dict) -> str:
     width = max(len(name) for name in class_names) + 2
     tta = f"flip TTA on ({report['tta_average']} averaged)" if report["tta_flip"] else "flip TTA off"
     lines = [
-        f"{report['run']} ({report['variant']}) on split {report['split']}: "
+        f"{report['run']} ({variant_label(report)}) on split {report['split']}: "
         f"{report['num_samples']} images, {tta}",
         f"  accuracy             {report['accuracy'] * 100:6.2f}%",
         f"  mean class accuracy  {report['mean_class_accuracy'] * 100:6.2f}%",
@@ -517,7 +519,7 @@ def format_comparison_table(reports: Sequence[dict]) -> str:
     header = ("run", "variant", "split", "images", "flip TTA", "accuracy %", "mean class acc. %")
     rows = [
         (
-            report["run"], report.get("variant") or "?", report["split"], str(report["num_samples"]),
+            report["run"], variant_label(report), report["split"], str(report["num_samples"]),
             "yes" if report.get("tta_flip") else "no",
             f"{report['accuracy'] * 100:.2f}", f"{report['mean_class_accuracy'] * 100:.2f}",
         )
@@ -526,6 +528,16 @@ def format_comparison_table(reports: Sequence[dict]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     lines = [header, tuple("-" * width for width in widths), *rows]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def variant_label(report: dict) -> str:
+    """Name a report's variant, adding "without SE" when --no-se removed the variant's SE blocks."""
+    variant = report.get("variant")
+    if variant is None:
+        return "?"
+    if variant in VARIANTS and VARIANTS[variant].se and report.get("se") is False:
+        return f"{variant} without SE"
+    return variant
 
 
 def order_reports(reports: Sequence[dict]) -> list[dict]:

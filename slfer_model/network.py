@@ -55,11 +55,13 @@ class InferenceModel(nn.Module):
 class SLFERNet(nn.Module):
     """SE-ResNet-18 backbone with the expression head and, per variant, the ST and CT heads."""
 
-    def __init__(self, variant: str = "proposed", num_classes: int = NUM_CLASSES, num_parts: int = NUM_PARTS) -> None:
+    def __init__(self, variant: str = "proposed", num_classes: int = NUM_CLASSES, num_parts: int = NUM_PARTS,
+                 se: bool | None = None) -> None:
         super().__init__()
         config = VARIANTS[variant]
         self.variant = variant
-        self.backbone = ResNet18Backbone(se=config.se)
+        self.se = config.se if se is None else se
+        self.backbone = ResNet18Backbone(se=self.se)
         self.expression_head = ExpressionHead(num_classes)
         self.segmentation_head = SegmentationHead(num_parts) if config.segmentation else None
         self.part_head = PartHead(num_parts) if config.parts else None
@@ -83,12 +85,16 @@ class SLFERNet(nn.Module):
         return InferenceModel(self.backbone, self.expression_head)
 
 
-def build_model(variant: str = "proposed", num_classes: int = NUM_CLASSES, num_parts: int = NUM_PARTS) -> SLFERNet:
+def build_model(variant: str = "proposed", num_classes: int = NUM_CLASSES, num_parts: int = NUM_PARTS,
+                se: bool | None = None) -> SLFERNet:
     """Build an untrained SLFER network of one ablation variant.
+
+    `se` adds (True) or removes (False) the SE blocks, overriding the
+    variant. None keeps the variant's choice.
 
     Raises:
         ValueError: for a variant name not in VARIANTS.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
-    return SLFERNet(variant, num_classes, num_parts)
+    return SLFERNet(variant, num_classes, num_parts, se=se)

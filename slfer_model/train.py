@@ -95,6 +95,11 @@ def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> tuple
             f"cannot resume run {config.out_dir} of variant {checkpoint['variant']!r} as variant {config.variant!r}; "
             f"drop --variant or start a new run"
         )
+    if config.no_se != checkpoint["config"].get("no_se", False):
+        raise ConfigError(
+            f"cannot resume run {config.out_dir} with no_se {config.no_se}, because it was started with no_se "
+            f"{checkpoint['config'].get('no_se', False)}; drop --no-se or start a new run"
+        )
     return config, checkpoint
 
 
@@ -119,7 +124,8 @@ def run_training(config: TrainConfig, checkpoint: dict | None, context: Distribu
     seed_everything(config.seed, config.deterministic)
     data = load_data(config, context)
 
-    model = build_model(config.variant, num_classes=len(CLASS_NAMES), num_parts=len(PART_NAMES))
+    model = build_model(config.variant, num_classes=len(CLASS_NAMES), num_parts=len(PART_NAMES),
+                        se=False if config.no_se else None)
     if checkpoint is None:
         load_pretrained_backbone(model, config.pretrained)
     model.to(context.device)
@@ -379,6 +385,7 @@ def save_epoch(out_dir: Path, model: SLFERNet, optimizer, scheduler, config: Tra
         "shard_size": data.shard_size,
         "crop_size": config.crop_size,
         "variant": config.variant,
+        "se": model.se,
         "best_accuracy": best_accuracy,
         "slfer_version": __version__,
     }

@@ -74,6 +74,13 @@ def test_se_parameter_count():
     assert with_se - without_se == sum(se_parameters(c) for c in BLOCK_CHANNELS)
 
 
+def test_proposed_without_se_is_ct_st():
+    without_se = build_model("proposed", se=False)
+
+    assert without_se.se is False
+    assert without_se.state_dict().keys() == build_model("ct+st").state_dict().keys()
+
+
 def test_parameter_counts_ordered():
     counts = {variant: sum(p.numel() for p in build_model(variant).parameters()) for variant in VARIANTS}
 

@@ -25,7 +25,7 @@ from slfer_model.config import ConfigError, TrainConfig, load_config
 SMALL_RUN = ("--crop-size", "32", "--batch-size", "4", "--limit-batches", "2", "--workers", "0",
              "--deterministic")
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "rng", "config", "class_names", "part_names",
-                   "shard_size", "crop_size", "variant", "best_accuracy", "slfer_version"}
+                   "shard_size", "crop_size", "variant", "se", "best_accuracy", "slfer_version"}
 
 
 def draw_face_mask(side: int, shift: int) -> np.ndarray:
@@ -124,6 +124,29 @@ def test_existing_run_rejected(shards_dir, one_epoch_run):
 
     assert result.returncode == 1
     assert "--resume" in result.stderr
+
+
+@pytest.mark.slow
+def test_no_se_trains_and_evaluates(shards_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train_cli(shards_dir, run_dir, "--epochs", "1", "--no-se")
+    assert result.returncode == 0, result.stderr
+    checkpoint = load_checkpoint(run_dir / "best.pt", map_location="cpu")
+    assert checkpoint["se"] is False
+    assert not [name for name in checkpoint["model"] if ".se." in name]
+
+    result = run_cli("evaluate", "--shards", shards_dir, "--checkpoint", run_dir / "best.pt", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "proposed without SE" in result.stderr
+    assert json.loads((run_dir / "eval-test" / "report.json").read_text())["se"] is False
+
+
+@pytest.mark.slow
+def test_resume_keeps_se_setting(shards_dir, one_epoch_run):
+    result = train_cli(shards_dir, one_epoch_run, "--epochs", "2", "--resume", "--no-se")
+
+    assert result.returncode == 1
+    assert "no_se" in result.stderr
 
 
 @pytest.mark.slow
