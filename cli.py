@@ -171,7 +171,8 @@ def verify_command(shards_dir):
 @click.option("--train-split", default=None, help="Shard split to train on (default train).")
 @click.option("--val-split", default=None, help="Shard split to validate on each epoch (default: test, else val).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto).")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers (default 4).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers (default: up to 4, one per core).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--deterministic/--no-deterministic", default=None,
               help="Use deterministic algorithms so that reruns match exactly.")

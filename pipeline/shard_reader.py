@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 # so that `slfer verify` can use it without importing torch.
 from pipeline.shard_writer import ShardFolderError, decode_jpeg, load_manifest
 
-__all__ = ["ShardDataset", "ShardFolderError", "load_manifest"]
+__all__ = ["ShardDataset", "ShardFolderError", "default_eval_split", "load_manifest"]
 
 # ImageNet statistics, which the pretrained backbones were trained with.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -32,6 +32,17 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # 3x1x1 shape that broadcasts over a CxHxW image.
 NORMALISE_SCALE = torch.from_numpy(1 / (255 * IMAGENET_STD)).view(3, 1, 1)
 NORMALISE_OFFSET = torch.from_numpy(-IMAGENET_MEAN / IMAGENET_STD).view(3, 1, 1)
+
+
+def default_eval_split(splits: list[str], exclude: str | None = None) -> str | None:
+    """Pick the split that train validates on and evaluate scores: "test", else "val", else None.
+
+    `exclude` names a split that must not be picked, the training split.
+    """
+    for name in ("test", "val"):
+        if name in splits and name != exclude:
+            return name
+    return None
 
 
 class ShardDataset(Dataset):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ class TrainConfig:
     # None picks "test" when the shards have it, else "val".
     val_split: str | None = None
     device: str = "auto"
-    workers: int = 4
+    # Up to 4 DataLoader workers, one per core: more would only compete for the cores.
+    workers: int = dataclasses.field(default_factory=lambda: min(4, os.cpu_count() or 1))
     seed: int = 0
     deterministic: bool = False
     limit_batches: int | None = None

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.shard_reader import ShardDataset, ShardFolderError, load_manifest
+from pipeline.shard_reader import ShardDataset, ShardFolderError, default_eval_split, load_manifest
 from slfer_model.checkpoint import CheckpointError, load_checkpoint
 from slfer_model.metrics import ClassificationMetrics, classification_metrics
 from slfer_model.network import VARIANTS, build_model
@@ -127,7 +127,8 @@ def default_split(shards_dir: Path) -> str:
         splits = load_manifest(shards_dir)["splits"]
     except ShardFolderError as error:
         raise EvaluationError(str(error)) from error
-    return "test" if "test" in splits or "val" not in splits else "val"
+    # With neither split, "test" makes the shard reader's error name the split it looked for.
+    return default_eval_split(splits) or "test"
 
 
 def resolve_device(name: str) -> torch.device:

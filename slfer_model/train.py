@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.labels import CLASS_NAMES, PART_NAMES
-from pipeline.shard_reader import ShardDataset, ShardFolderError, load_manifest
+from pipeline.shard_reader import ShardDataset, ShardFolderError, default_eval_split, load_manifest
 from slfer_model.checkpoint import (
     CheckpointError, PretrainedWeightsError, load_checkpoint, load_pretrained_backbone, save_checkpoint,
 )
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
+# Checkpoint entries that only --resume reads; best.pt goes without them.
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "rng")
 LOSS_TERMS = ("total", "expression", "segmentation", "parts")
 
 
@@ -249,11 +251,10 @@ def choose_val_split(config: TrainConfig, splits: list[str]) -> str | None:
                 f"{', '.join(splits)}; pass --val-split"
             )
         return config.val_split
-    for name in ("test", "val"):
-        if name in splits and name != config.train_split:
-            return name
-    logger.warning("no test or val split in %s; training without validation", config.shards_dir)
-    return None
+    name = default_eval_split(splits, exclude=config.train_split)
+    if name is None:
+        logger.warning("no test or val split in %s; training without validation", config.shards_dir)
+    return name
 
 
 def restore(checkpoint: dict, model: SLFERNet, optimizer, scheduler) -> tuple[int, float]:
@@ -391,7 +392,10 @@ def save_epoch(out_dir: Path, model: SLFERNet, optimizer, scheduler, config: Tra
     }
     save_checkpoint(out_dir / LAST_CHECKPOINT, checkpoint)
     if is_best:
-        save_checkpoint(out_dir / BEST_CHECKPOINT, checkpoint)
+        # Runs resume from last.pt only, so best.pt leaves out the optimiser
+        # state, which is twice the size of the weights with Adam.
+        weights_only = {key: value for key, value in checkpoint.items() if key not in RESUME_ONLY_KEYS}
+        save_checkpoint(out_dir / BEST_CHECKPOINT, weights_only)
 
     write_metrics(out_dir / "metrics.csv", rows)
     plot_curves(out_dir / "curves.png", rows)

@@ -13,7 +13,9 @@ from shard_fixtures import make_dataset
 from torch.utils.data import DataLoader
 
 from pipeline.labels import CLASS_NAMES, PART_NAMES
-from pipeline.shard_reader import IMAGENET_MEAN, IMAGENET_STD, ShardDataset, ShardFolderError, load_manifest
+from pipeline.shard_reader import (
+    IMAGENET_MEAN, IMAGENET_STD, ShardDataset, ShardFolderError, default_eval_split, load_manifest,
+)
 from pipeline.shard_writer import build_shards
 
 SIZE = 32
@@ -194,3 +196,14 @@ def test_manifest_of_missing_folder(tmp_path):
 def test_manifest_of_empty_folder(tmp_path):
     with pytest.raises(ShardFolderError, match="no manifest.json and no shards"):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("splits, exclude, expected", [
+    (["train", "val", "test"], None, "test"),
+    (["train", "val"], None, "val"),
+    (["train"], None, None),
+    (["test", "val"], "test", "val"),
+    (["test"], "test", None),
+])
+def test_default_eval_split(splits, exclude, expected):
+    assert default_eval_split(splits, exclude) == expected

@@ -119,6 +119,16 @@ def test_checkpoint_contents(one_epoch_run):
 
 
 @pytest.mark.slow
+def test_best_checkpoint_has_no_optimizer(one_epoch_run):
+    best = load_checkpoint(one_epoch_run / "best.pt", map_location="cpu")
+    last = load_checkpoint(one_epoch_run / "last.pt", map_location="cpu")
+
+    assert set(best) == CHECKPOINT_KEYS - {"optimizer", "scheduler", "rng"}
+    assert all(torch.equal(best["model"][name], tensor) for name, tensor in last["model"].items())
+    assert (one_epoch_run / "best.pt").stat().st_size < (one_epoch_run / "last.pt").stat().st_size / 2
+
+
+@pytest.mark.slow
 def test_existing_run_rejected(shards_dir, one_epoch_run):
     result = train_cli(shards_dir, one_epoch_run, "--epochs", "1")
 
