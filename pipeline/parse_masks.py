@@ -87,9 +87,10 @@ def parse_masks(root: Path, dataset_format: str, *, label_order: str | None, ski
     if scan.missing:
         logger.warning("%d images named by the label file are missing, for example %s",
                        len(scan.missing), scan.missing[0])
+    batch_size = batch_size or parser.default_batch_size
+    workers = parser.default_workers if workers is None else workers
     counts, report = run_shard(scan.image_root, records, out_dir, parser, overwrite=overwrite,
-                               batch_size=batch_size or parser.default_batch_size,
-                               workers=parser.default_workers if workers is None else workers, shard=(shard_index, num_shards))
+                               batch_size=batch_size, workers=workers, shard=(shard_index, num_shards))
     logger.info("parse-masks shard %d of %d: %d done, %d skipped as already done, %d failed; report %s",
                 shard_index, num_shards, counts.done, counts.skipped, counts.failed, report)
     return 0
