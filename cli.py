@@ -13,8 +13,9 @@ from pathlib import Path
 
 import click
 
+from slfer_model.variants import VARIANTS
+
 DATASET_FORMATS = ("rafdb", "sfew", "folder", "csv")
-VARIANTS = ("baseline", "ct", "st", "ct+st", "proposed")
 
 
 def dataset_options(function):
@@ -147,7 +148,7 @@ def verify_command(shards_dir):
               help="Run folder for config, metrics, checkpoints and curves.")
 @click.option("--config", "config_file", type=click.Path(exists=True, path_type=Path), default=None,
               help="YAML file of training settings; options given here override it.")
-@click.option("--variant", type=click.Choice(VARIANTS), default=None,
+@click.option("--variant", type=click.Choice(tuple(VARIANTS)), default=None,
               help="Ablation variant (default proposed: ST + CT + SE).")
 @click.option("--no-se", is_flag=True, default=None,
               help="Build the backbone without SE blocks, which only the proposed variant has.")
@@ -216,7 +217,7 @@ def evaluate_command(**options):
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def compare_command(runs):
     """Print accuracy and mean class accuracy of several evaluated runs as one table."""
-    from slfer_model.evaluate import compare_runs
+    from slfer_model.compare import compare_runs
 
     exit_with(compare_runs(runs))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from slfer_model.network import VARIANTS
+from slfer_model.variants import VARIANTS
 
 
 class ConfigError(ValueError):

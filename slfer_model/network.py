@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -11,25 +10,9 @@ from torch import nn
 from pipeline.labels import NUM_CLASSES, NUM_PARTS
 from slfer_model.backbone import ResNet18Backbone
 from slfer_model.heads import ExpressionHead, PartHead, SegmentationHead
+from slfer_model.variants import VARIANTS, Variant
 
-
-@dataclass(frozen=True)
-class Variant:
-    """Auxiliary heads and attention blocks of one variant of the ablation table."""
-
-    segmentation: bool
-    parts: bool
-    se: bool
-
-
-# The five rows of the SLFER ablation table (Lv et al., table 1).
-VARIANTS: dict[str, Variant] = {
-    "baseline": Variant(segmentation=False, parts=False, se=False),
-    "ct": Variant(segmentation=False, parts=True, se=False),
-    "st": Variant(segmentation=True, parts=False, se=False),
-    "ct+st": Variant(segmentation=True, parts=True, se=False),
-    "proposed": Variant(segmentation=True, parts=True, se=True),
-}
+__all__ = ["VARIANTS", "InferenceModel", "SLFERNet", "SLFEROutput", "Variant", "build_model"]
 
 
 class SLFEROutput(NamedTuple):

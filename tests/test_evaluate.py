@@ -15,15 +15,8 @@ from PIL import Image
 from conftest import run_cli
 from pipeline.labels import CLASS_NAMES, PART_NAMES
 from slfer_model.checkpoint import load_checkpoint, save_checkpoint
-from slfer_model.evaluate import (
-    EvaluationError,
-    check_compatible,
-    compare_runs,
-    evaluate,
-    order_reports,
-    plan_jobs,
-    predict_probabilities,
-)
+from slfer_model.compare import EvaluationError, compare_runs, order_reports
+from slfer_model.evaluate import check_compatible, evaluate, plan_jobs, predict_probabilities
 from slfer_model.metrics import classification_metrics
 from slfer_model.network import build_model
 from slfer_model.plots import DPI, FIGURE_INCHES, plot_confusion
@@ -275,7 +268,7 @@ def test_compare_orders_variants(evaluated_runs):
 @pytest.mark.slow
 def test_compare_reads_folder_of_runs(evaluated_runs, caplog):
     work, _ = evaluated_runs
-    caplog.set_level(logging.INFO, logger="slfer_model.evaluate")
+    caplog.set_level(logging.INFO, logger="slfer_model.compare")
     assert compare_runs([work]) == 0
     assert "comparison of 2 evaluations" in caplog.text
 

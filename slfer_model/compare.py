@@ -1,0 +1,123 @@
+"""`slfer compare`: one table over the report.json files that `slfer evaluate` wrote.
+
+This module imports no torch, so that the command starts quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from slfer_model.variants import VARIANTS
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "report.json"
+
+# Row order of comparison tables: the ablation table of the SLFER paper.
+VARIANT_ORDER: tuple[str, ...] = tuple(VARIANTS)
+
+
+class EvaluationError(Exception):
+    """An input that evaluation or comparison cannot use; the message names the value and the fix."""
+
+
+def compare_runs(runs: Sequence[Path]) -> int:
+    """Log one table of accuracy and mean class accuracy over evaluated runs.
+
+    Args:
+        runs: run folders (their `eval-*/report.json` files are read, one row
+            per split), EVAL folders, folders of runs, or report.json files.
+
+    Returns:
+        Exit status: 0, or 1 when a run has no readable report.
+    """
+    try:
+        reports = [report for run in runs for report in read_run_reports(Path(run))]
+    except EvaluationError as error:
+        logger.error("%s", error)
+        return 1
+
+    logger.info("comparison of %d evaluations:\n%s", len(reports), format_comparison_table(reports))
+    return 0
+
+
+def find_reports(run: Path) -> list[Path]:
+    """Find the report files of `run`, trying in turn the path itself and the patterns below.
+
+    RUN/report.json is an EVAL folder, RUN/eval-*/report.json a run folder,
+    RUN/*/report.json the --out folder of an evaluate call over several
+    checkpoints, and RUN/*/eval-*/report.json a folder of run folders.
+    """
+    if run.is_file():
+        return [run]
+    patterns = (REPORT_NAME, f"eval-*/{REPORT_NAME}", f"*/{REPORT_NAME}", f"*/eval-*/{REPORT_NAME}")
+    for pattern in patterns:
+        found = sorted(run.glob(pattern))
+        if found:
+            return found
+    raise EvaluationError(
+        f"no {REPORT_NAME} found in {run}, its eval-* folders or its subfolders; "
+        f"run slfer evaluate --checkpoint {run / 'best.pt'} first"
+    )
+
+
+def read_run_reports(run: Path) -> list[dict]:
+    """Load and check every report of one run."""
+    reports = []
+    for path in find_reports(run):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise EvaluationError(f"cannot read {path} as JSON: {error}") from error
+
+        missing = [
+            key for key in ("run", "split", "num_samples", "accuracy", "mean_class_accuracy")
+            if not isinstance(report, dict) or key not in report
+        ]
+        if missing:
+            raise EvaluationError(
+                f"{path} is missing {', '.join(missing)}; pass a report.json written by slfer evaluate"
+            )
+        reports.append(report)
+    return reports
+
+
+def format_comparison_table(reports: Sequence[dict]) -> str:
+    """Lay out one row per report: run, variant, split, images, TTA, accuracy and mean class accuracy."""
+    header = ("run", "variant", "split", "images", "flip TTA", "accuracy %", "mean class acc. %")
+    rows = [
+        (
+            report["run"], variant_label(report), report["split"], str(report["num_samples"]),
+            "yes" if report.get("tta_flip") else "no",
+            f"{report['accuracy'] * 100:.2f}", f"{report['mean_class_accuracy'] * 100:.2f}",
+        )
+        for report in order_reports(reports)
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    lines = [header, tuple("-" * width for width in widths), *rows]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def variant_label(report: dict) -> str:
+    """Name a report's variant, adding "without SE" when --no-se removed the variant's SE blocks."""
+    variant = report.get("variant")
+    if variant is None:
+        return "?"
+    if variant in VARIANTS and VARIANTS[variant].se and report.get("se") is False:
+        return f"{variant} without SE"
+    return variant
+
+
+def order_reports(reports: Sequence[dict]) -> list[dict]:
+    """Sort reports like the ablation table: baseline, ct, st, ct+st, proposed, then unknown variants.
+
+    The sort is stable, so runs of one variant keep the order they were given in.
+    """
+    def rank(report: dict) -> int:
+        variant = report.get("variant")
+        return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+
+    return sorted(reports, key=rank)
