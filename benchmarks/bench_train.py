@@ -27,7 +27,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from slfer_model.config import load_config  # noqa: E402
+from slfer_model.config import TrainConfig, load_config  # noqa: E402
 from slfer_model.distributed import init_distributed  # noqa: E402
 from slfer_model.network import build_model  # noqa: E402
 from slfer_model.train import load_data, seed_everything, train_one_epoch  # noqa: E402
@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-train"))
     parser.add_argument("--batches", type=int, default=6, help="measured batches per configuration")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (slfer train's default)")
+    parser.add_argument("--workers", type=int, default=TrainConfig().workers,
+                        help="DataLoader workers (default: slfer train's default, up to 4, one per core)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
