@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -39,6 +40,20 @@ def dataset_options(function):
 def exit_with(code: int) -> None:
     """Leave the command with `code` without a traceback."""
     sys.exit(code)
+
+
+# Exit status of a command stopped by Ctrl-C (SIGINT), as shells report it.
+INTERRUPTED_STATUS = 130
+
+
+@contextmanager
+def continue_hint(hint: str):
+    """Turn Ctrl-C into exit status 130 and one log line that tells the user how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        logging.getLogger("slfer").error("interrupted: %s", hint)
+        sys.exit(INTERRUPTED_STATUS)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,9 +112,10 @@ def parse_masks_command(root, dataset_format, label_order, skip_unknown, **optio
     """Give every image an 8-part face-parsing mask (PNG) and write a JSONL report."""
     from pipeline.parse_masks import parse_masks
 
-    exit_with(parse_masks(
-        root, dataset_format, label_order=label_order, skip_unknown=skip_unknown, **options,
-    ))
+    with continue_hint("finished masks are kept, so run the same command again to parse the rest"):
+        exit_with(parse_masks(
+            root, dataset_format, label_order=label_order, skip_unknown=skip_unknown, **options,
+        ))
 
 
 @main.command("build-shards")
@@ -127,9 +143,10 @@ def build_shards_command(root, dataset_format, label_order, skip_unknown, **opti
     """Pack images, masks, labels and top-n part vectors into checked HDF5 shards."""
     from pipeline.shard_writer import build_shards
 
-    exit_with(build_shards(
-        root, dataset_format, label_order=label_order, skip_unknown=skip_unknown, **options,
-    ))
+    with continue_hint("finished shards are kept, so run the same command again to write the rest"):
+        exit_with(build_shards(
+            root, dataset_format, label_order=label_order, skip_unknown=skip_unknown, **options,
+        ))
 
 
 @main.command("verify")
@@ -185,7 +202,8 @@ def train_command(config_file, **options):
     from slfer_model.train import train
 
     overrides = {name: value for name, value in options.items() if value is not None}
-    exit_with(train(config_file, overrides))
+    with continue_hint("the last finished epoch is in RUN/last.pt, so add --resume to the same command to continue"):
+        exit_with(train(config_file, overrides))
 
 
 @main.command("evaluate")
@@ -210,7 +228,8 @@ def evaluate_command(**options):
     """Report accuracy, per-class metrics and the confusion matrix of a checkpoint."""
     from slfer_model.evaluate import evaluate
 
-    exit_with(evaluate(**options))
+    with continue_hint("files already written are complete, so run the same command again"):
+        exit_with(evaluate(**options))
 
 
 @main.command("compare")

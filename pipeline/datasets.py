@@ -199,10 +199,29 @@ def reject_missing_split_level(root: Path, split_dirs: list[Path]) -> None:
         except UnknownLabelError:
             continue
         if any(is_image_file(entry.name) for entry in folder.iterdir() if entry.is_file()):
+            if has_sibling_splits(root):
+                raise DatasetError(
+                    f"{folder} contains images directly, and {root} looks like one split of a dataset "
+                    f"beside other splits; pass its parent {root.parent} as ROOT (ROOT/<split>/<class>/*)"
+                )
             raise DatasetError(
                 f"{folder} contains images directly, so {root} looks like class folders without "
                 f"split folders; move them under {root / 'train'} (ROOT/<split>/<class>/*)"
             )
+
+
+def has_sibling_splits(root: Path) -> bool:
+    """Tell whether a folder beside `root` also contains class folders, as the other splits would."""
+    for sibling in list_subfolders(root.parent):
+        if sibling == root:
+            continue
+        for folder in list_subfolders(sibling):
+            try:
+                class_index(folder.name)
+                return True
+            except UnknownLabelError:
+                continue
+    return False
 
 
 def scan_sfew(root: Path, *, skip_unknown: bool, **_) -> DatasetScan:

@@ -34,6 +34,7 @@ from pipeline.mask_io import mask_path, raw_mask_path, write_mask
 from pipeline.parsers import FaceNotFoundError, FaceParser, ParserSetupError, create_parser, resolve_device
 from pipeline.parsers.class_map import ClassMapError, load_class_map
 from pipeline.parts import part_pixel_counts
+from pipeline.text import count_noun
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ def parse_masks(root: Path, dataset_format: str, *, label_order: str | None, ski
         return 1
 
     if scan.missing:
-        logger.warning("%d images named by the label file are missing, for example %s",
-                       len(scan.missing), scan.missing[0])
+        logger.warning("%s named by the label file missing, for example %s",
+                       count_noun(len(scan.missing), "image is", "images are"), scan.missing[0])
     batch_size = batch_size or parser.default_batch_size
     workers = parser.default_workers if workers is None else workers
     counts, report = run_shard(scan.image_root, records, out_dir, parser, overwrite=overwrite,

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from pipeline.labels import CLASS_NAMES, NUM_PARTS, PART_NAMES
 from pipeline.parts import part_pixel_counts, top_n_parts
 from pipeline.shard_writer import ShardFolderError, decode_jpeg, file_sha256, load_manifest, shard_attributes
+from pipeline.text import count_noun
 
 _logger = logging.getLogger(__name__)
 
@@ -53,11 +54,11 @@ def verify_shards(shards_dir: str | os.PathLike) -> int:
     for problem in problems:
         _logger.error("%s", problem)
     if problems:
-        _logger.error("%d problems found in %s", len(problems), shards_dir)
+        _logger.error("%s found in %s", count_noun(len(problems), "problem"), shards_dir)
         return 1
     counts = ", ".join(f"{split} {summary['count']}" for split, summary in manifest["splits"].items())
-    _logger.info("verified %d shards in %s: %s samples, all readable and matching the manifest",
-                 len(manifest["shards"]), shards_dir, counts)
+    _logger.info("verified %s in %s: %s samples, all readable and matching the manifest",
+                 count_noun(len(manifest["shards"]), "shard"), shards_dir, counts)
     return 0
 
 

@@ -33,6 +33,7 @@ from pipeline.images import ImageDecodeError, decode_image
 from pipeline.labels import CLASS_NAMES, NUM_PARTS, PART_NAMES, UnknownLabelError
 from pipeline.mask_io import mask_path, read_mask
 from pipeline.parts import part_pixel_counts, top_n_parts
+from pipeline.text import count_noun
 
 _logger = logging.getLogger(__name__)
 
@@ -546,7 +547,7 @@ def write_shards(plans: list[ShardPlan], image_root: Path, masks_dir: Path, out_
             skipped[position] = [entry for entry in previous["skipped"] if (entry["split"], entry["path"]) in planned]
     to_write = [position for position, shard in enumerate(shards) if shard is None]
     if len(to_write) < len(plans):
-        _logger.info("reusing %d finished shards of an earlier run", len(plans) - len(to_write))
+        _logger.info("reusing %s of an earlier run", count_noun(len(plans) - len(to_write), "finished shard"))
 
     pairs = ((str(image_root / record.path), str(mask_path(masks_dir, record.path)))
              for position in to_write for record in plans[position].records)
@@ -645,8 +646,8 @@ def run_build(root: Path, dataset_format: str, label_order: str | None, skip_unk
 def log_summary(out_dir: Path, manifest: dict) -> None:
     """Log the sample counts per split and the skipped images."""
     counts = ", ".join(f"{split} {summary['count']}" for split, summary in manifest["splits"].items())
-    _logger.info("wrote %d shards to %s: %s", len(manifest["shards"]), out_dir, counts)
+    _logger.info("wrote %s to %s: %s", count_noun(len(manifest["shards"]), "shard"), out_dir, counts)
     skipped = manifest["skipped"]
     if skipped:
-        _logger.warning("skipped %d images (listed in %s), for example %s: %s", len(skipped),
+        _logger.warning("skipped %s (listed in %s), for example %s: %s", count_noun(len(skipped), "image"),
                         out_dir / MANIFEST_NAME, skipped[0]["path"], skipped[0]["reason"])

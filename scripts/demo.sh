@@ -27,8 +27,9 @@ WORK="${WORK:-work/demo}"
 VARIANT="${VARIANT:-proposed}"
 # The defaults below are sized for a 2-core CPU, where training dominates:
 # 6 epochs of 560 demo images at a 40-pixel crop. On a fresh clone with the
-# venv installed, the whole demo took 3.5 minutes on 2 cores (AMD EPYC, torch
-# 2.14.1) and reached 44% val accuracy on the demo faces.
+# venv installed, the whole demo took 3.5 minutes on 2 idle cores (AMD EPYC,
+# torch 2.14.1), and about 6 minutes with other jobs on them. It reached 44%
+# val accuracy on the demo faces.
 SIZE="${SIZE:-48}"
 CROP="${CROP:-40}"
 EPOCHS="${EPOCHS:-6}"
@@ -106,6 +107,11 @@ EOF
     python -m pipeline.demo_faces "$root" --per-class "$DEMO_PER_CLASS" --val-per-class "$DEMO_VAL_PER_CLASS" --seed 0
 }
 
+if [[ -n "$LIMIT" && ! "$LIMIT" =~ ^[1-9][0-9]*$ ]]; then
+    echo "LIMIT=$LIMIT is not a positive whole number of images; set it to one, such as LIMIT=2000, or leave it empty" >&2
+    exit 1
+fi
+
 if [[ -z "$DATA" ]]; then
     job_dir="$WORK"
     dataset_root="$WORK/data"
@@ -150,6 +156,11 @@ splits="$(choose_splits "$shards_dir")"
 read -r train_split eval_split <<< "$splits"
 
 stage "train"
+# metrics.csv has a header line and one line per finished epoch.
+finished_epochs=0
+if [[ -f "$run_dir/metrics.csv" ]]; then
+    finished_epochs=$(( $(wc -l < "$run_dir/metrics.csv") - 1 ))
+fi
 resume_option=()
 if [[ -f "$run_dir/last.pt" ]]; then
     resume_option=(--resume)
@@ -158,10 +169,14 @@ elif [[ -d "$run_dir" ]]; then
     echo "removing $run_dir: an earlier run stopped before its first checkpoint"
     rm -rf "$run_dir"
 fi
-slfer train --shards "$shards_dir" --out "$run_dir" --variant "$VARIANT" --epochs "$EPOCHS" \
-    --batch-size "$BATCH_SIZE" --lr "$LR" --milestones "$(( EPOCHS * 3 / 4 > 0 ? EPOCHS * 3 / 4 : 1 ))" \
-    --crop-size "$CROP" --train-split "$train_split" --val-split "$eval_split" --workers 1 --seed "$SEED" \
-    "${resume_option[@]}"
+if [[ -f "$run_dir/last.pt" && "$finished_epochs" -ge "$EPOCHS" ]]; then
+    echo "reusing the finished run in $run_dir ($finished_epochs epochs)"
+else
+    slfer train --shards "$shards_dir" --out "$run_dir" --variant "$VARIANT" --epochs "$EPOCHS" \
+        --batch-size "$BATCH_SIZE" --lr "$LR" --milestones "$(( EPOCHS * 3 / 4 > 0 ? EPOCHS * 3 / 4 : 1 ))" \
+        --crop-size "$CROP" --train-split "$train_split" --val-split "$eval_split" --workers 1 --seed "$SEED" \
+        "${resume_option[@]}"
+fi
 
 stage "evaluate on $eval_split"
 eval_dir="$run_dir/eval-$eval_split"

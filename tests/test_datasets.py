@@ -288,9 +288,17 @@ def test_folder_ignores_other_files(tmp_path, fer2013_images):
 
 
 def test_folder_without_splits(tmp_path, fer2013_images):
-    copy_image(fer2013_images["happy"][0], tmp_path / "happy" / "a.jpg")
+    root = tmp_path / "dataset"
+    copy_image(fer2013_images["happy"][0], root / "happy" / "a.jpg")
     with pytest.raises(DatasetError, match="without split folders"):
-        scan_dataset(tmp_path, "folder")
+        scan_dataset(root, "folder")
+
+
+def test_folder_split_given_as_root(tmp_path, fer2013_images):
+    for split in ("train", "test"):
+        copy_image(fer2013_images["happy"][0], tmp_path / "fer" / split / "happy" / "a.jpg")
+    with pytest.raises(DatasetError, match=f"pass its parent {tmp_path / 'fer'} as ROOT"):
+        scan_dataset(tmp_path / "fer" / "train", "folder")
 
 
 def test_folder_natural_order(tmp_path, fer2013_images):

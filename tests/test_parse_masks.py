@@ -194,6 +194,28 @@ def test_resume_after_kill(tmp_path, fer2013_images):
     assert mask_bytes(resumed_dir) == mask_bytes(clean_dir)
 
 
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_continue(tmp_path, fer2013_root):
+    out_dir = tmp_path / "out"
+    console_script = Path(sys.executable).parent / "slfer"
+    process = subprocess.Popen(
+        [str(console_script), "parse-masks", str(fer2013_root), "--format", "folder", "--parser", "landmarks",
+         "--limit", "5000", "--workers", "0", "--out", str(out_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list((out_dir / "masks").rglob("*.png"))) >= 10:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert "interrupted: finished masks are kept, so run the same command again" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_shards_cover_dataset(tmp_path, fer2013_images):
     dataset = make_dataset(tmp_path / "data", fer2013_images, per_class=3)
     whole_dir, sharded_dir = tmp_path / "whole", tmp_path / "sharded"

@@ -74,7 +74,7 @@ def _download_weights(cache_dir: Path) -> Path:
             f"BiSeNet weights {WEIGHTS_FILE} are not in {cache_dir} and downloading them from {WEIGHTS_URL} "
             f"failed ({error}). Download the file on a machine with network access and put it at "
             f"{cache_dir / WEIGHTS_FILE} (the folder is $SLFER_CACHE/weights, default ~/.cache/slfer/weights), "
-            f"or pass its path with --weights"
+            f"or pass its path with --weights. Without the weights, --parser landmarks draws masks offline"
         ) from None
     return Path(downloaded)
 
