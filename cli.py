@@ -48,7 +48,7 @@ INTERRUPTED_STATUS = 130
 
 @contextmanager
 def continue_hint(hint: str):
-    """Turn Ctrl-C into exit status 130 and one log line that tells the user how to continue."""
+    """Turn Ctrl-C into exit status 130 and log one line on how to continue."""
     try:
         yield
     except KeyboardInterrupt:
@@ -185,7 +185,8 @@ def verify_command(shards_dir):
 @click.option("--lambda-part", type=click.FloatRange(min=0), default=None,
               help="Weight of the part classification (CT) loss (default 0.5).")
 @click.option("--pretrained", default=None, metavar="none|imagenet|PATH",
-              help="Backbone initialisation (default none).")
+              help="Backbone initialisation (default none): a torchvision-layout ResNet-18 state dict "
+                   "or an slfer checkpoint such as RUN/best.pt.")
 @click.option("--train-split", default=None, help="Shard split to train on (default train).")
 @click.option("--val-split", default=None, help="Shard split to validate on each epoch (default: test, else val).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto).")

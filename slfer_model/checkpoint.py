@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import urllib.error
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ logger = logging.getLogger(__name__)
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 # Prefixes that data-parallel training and wrapper modules put before torchvision's key names.
 STRIPPED_PREFIXES = ("module.",)
+# Prefix of the backbone's keys in the "model" state dict of an slfer checkpoint.
+SLFER_BACKBONE_PREFIX = "backbone."
+# What torch.load raises for a file that is not a torch.save file, or that contains objects
+# weights_only=True rejects. The weights-only unpickler raises UnpicklingError, and on
+# random bytes torch 2.14 also raised EOFError, IndexError, KeyError and UnicodeDecodeError.
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, IndexError, KeyError)
+# Keys of a file listed in an error message, at most.
+LISTED_KEYS = 10
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -38,7 +47,8 @@ def load_pretrained_backbone(model: nn.Module, spec: str) -> None:
             ImageNet weights, downloaded or taken from the torch hub cache) or the path
             of a torchvision-layout state dict, optionally wrapped in {"state_dict": ...}
             and with "module." key prefixes, such as the MS-Celeb-1M ResNet-18 files
-            distributed with SCN, RAN and DAN.
+            distributed with SCN, RAN and DAN. The path may also be a checkpoint of
+            `slfer train` (RUN/best.pt or last.pt), whose backbone weights are loaded.
 
     Raises:
         PretrainedWeightsError: when the weights cannot be downloaded or read, or when
@@ -69,25 +79,66 @@ def download_imagenet_weights() -> dict[str, torch.Tensor]:
 
 
 def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict file, unwrapping {"state_dict": ...} and removing "module." prefixes."""
+    """Read the backbone tensors of a state dict file or an slfer checkpoint.
+
+    A state dict may be wrapped in {"state_dict": ...} and have "module." prefixes. Of an
+    slfer checkpoint, only the "backbone." tensors of its "model" entry are returned,
+    without that prefix.
+    """
     if not path.is_file():
         raise PretrainedWeightsError(
-            f"pretrained weights {str(path)!r} are not a file; pass none, imagenet or the path of a ResNet-18 state dict"
+            f"pretrained weights {str(path)!r} are not a file; pass none, imagenet, the path of a ResNet-18 "
+            f"state dict or an slfer checkpoint (RUN/best.pt)"
         )
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError) as error:
+        data = read_torch_file(path, map_location="cpu")
+    except OSError as error:
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {error}") from error
+    except LOAD_ERRORS as error:
         raise PretrainedWeightsError(
-            f"cannot read pretrained weights {path}: {error}; the file must be a torch.save'd state dict "
-            f"(tensors only, optionally inside a 'state_dict' key)"
+            f"cannot read pretrained weights {path}: {describe_load_error(path, error)}; pass a torch.save'd "
+            f"ResNet-18 state dict or an slfer checkpoint (RUN/best.pt)"
         ) from error
-
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
     if not isinstance(data, dict):
         raise PretrainedWeightsError(f"pretrained weights {path} hold a {type(data).__name__}, not a state dict")
 
-    return {strip_prefixes(key): value for key, value in data.items() if isinstance(value, torch.Tensor)}
+    if is_slfer_checkpoint(data):
+        return slfer_backbone_state_dict(data, path)
+    if isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    tensors = {strip_prefixes(key): value for key, value in data.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise PretrainedWeightsError(
+            f"pretrained weights {path} contain no tensors at the top level or under 'state_dict' (its top-level "
+            f"keys: {list_keys(data)}); pass a torchvision-layout ResNet-18 state dict or an slfer checkpoint"
+        )
+    return tensors
+
+
+def is_slfer_checkpoint(data: dict) -> bool:
+    """Check whether `data` is a checkpoint of `slfer train`: a "model" state dict with "backbone." keys."""
+    model = data.get("model")
+    return isinstance(model, dict) and any(str(key).startswith(SLFER_BACKBONE_PREFIX) for key in model)
+
+
+def slfer_backbone_state_dict(checkpoint: dict, path: Path) -> dict[str, torch.Tensor]:
+    """Return the backbone tensors of an slfer checkpoint, named as torchvision names them."""
+    logger.info("%s is an slfer checkpoint of variant %s; loading its backbone only", path,
+                checkpoint.get("variant", "unknown"))
+    return {
+        key[len(SLFER_BACKBONE_PREFIX):]: value
+        for key, value in checkpoint["model"].items()
+        if key.startswith(SLFER_BACKBONE_PREFIX) and isinstance(value, torch.Tensor)
+    }
+
+
+def list_keys(data: dict) -> str:
+    """Write the first LISTED_KEYS keys of `data`, comma-separated, and how many more there are."""
+    keys = [str(key) for key in data]
+    if not keys:
+        return "none"
+    more = f" and {len(keys) - LISTED_KEYS} more" if len(keys) > LISTED_KEYS else ""
+    return ", ".join(keys[:LISTED_KEYS]) + more
 
 
 def strip_prefixes(key: str) -> str:
@@ -107,7 +158,7 @@ def copy_matching_weights(backbone: nn.Module, state_dict: dict[str, torch.Tenso
 
     Backbone keys absent from the file, such as the SE blocks for a plain ResNet-18, keep
     their initialisation. Keys of the file absent from the backbone, such as fc.* of any
-    class count, are ignored.
+    class count or the SE blocks of a checkpoint for a backbone without them, are ignored.
     """
     own = backbone.state_dict()
     matched = {key: value for key, value in state_dict.items() if key in own and own[key].shape == value.shape}
@@ -117,14 +168,20 @@ def copy_matching_weights(backbone: nn.Module, state_dict: dict[str, torch.Tenso
 
     if not matched:
         raise PretrainedWeightsError(
-            f"no tensor of {source} matches the ResNet-18 backbone (first keys of the file: "
-            f"{', '.join(list(state_dict)[:5]) or 'none'}); pass a torchvision-layout ResNet-18 state dict"
+            f"no tensor of {source} matches the ResNet-18 backbone (keys of the file: {list_keys(state_dict)}); "
+            f"pass a torchvision-layout ResNet-18 state dict or an slfer checkpoint (RUN/best.pt)"
         )
 
     backbone.load_state_dict(matched, strict=False)
     logger.info("loaded %d of %d backbone tensors from %s", len(matched), len(own), source)
     if missing:
         logger.info("backbone tensors not in %s, left at their initialisation: %s", source, ", ".join(missing))
+
+    se_keys = [key for key in unexpected if ".se." in key]
+    if se_keys and not getattr(backbone, "se", True):
+        logger.info("skipped the %d SE tensors of %s, because this backbone has no SE blocks",
+                    len(se_keys), source)
+        unexpected = [key for key in unexpected if key not in se_keys]
     if unexpected:
         logger.info("tensors of %s not used by the backbone: %s", source, ", ".join(unexpected))
     if mismatched:
@@ -148,11 +205,54 @@ def load_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, A
         CheckpointError: when the file is missing or is not a readable checkpoint.
     """
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = read_torch_file(path, map_location=map_location)
     except FileNotFoundError as error:
         raise CheckpointError(f"checkpoint {path} not found") from error
-    except (pickle.UnpicklingError, RuntimeError, OSError) as error:
+    except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    except LOAD_ERRORS as error:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {describe_load_error(path, error)}; pass a last.pt or best.pt "
+            f"written by slfer train"
+        ) from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"{path} is not an slfer checkpoint: it has no 'model' entry")
     return checkpoint
+
+
+def read_torch_file(path: Path, map_location: str | torch.device) -> Any:
+    """Load a torch.save file with weights_only=True, which unpickles only tensors and plain containers."""
+    with warnings.catch_warnings():
+        # torch warns about any pickle protocol other than its own before it fails on such a
+        # file, which is noise next to the error raised for it.
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def describe_load_error(path: Path, error: Exception) -> str:
+    """Explain in one line why read_torch_file failed on `path`, starting with a short cause from torch."""
+    return (
+        f"{load_error_cause(path, error)}. The file is not a PyTorch checkpoint, or it contains objects other "
+        f"than tensors, which slfer does not load because it reads files with weights_only=True"
+    )
+
+
+def load_error_cause(path: Path, error: Exception) -> str:
+    """Return the first sentence of torch's reason for `error`, without its advice on weights_only."""
+    if isinstance(error, EOFError) and Path(path).stat().st_size == 0:
+        return "the file is empty"
+
+    # The weights-only unpickler puts its reason after this marker, between paragraphs
+    # about the weights_only default and a link to the documentation.
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines()]
+    reasons = [line for line in lines if line and not line.startswith("Check the documentation")]
+    if not reasons:
+        return type(error).__name__
+    cause = reasons[-1].split(". ", 1)[0].rstrip(".")
+
+    # Other errors come from torch's reader stumbling on bytes it cannot parse, and their
+    # text ("pop from empty list") means little without the exception's name.
+    if isinstance(error, (pickle.UnpicklingError, RuntimeError)):
+        return cause
+    return f"{type(error).__name__}: {cause}"

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.text import count_noun
 from slfer_model.variants import VARIANTS
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ class EvaluationError(Exception):
 def compare_runs(runs: Sequence[Path]) -> int:
     """Log one table of accuracy and mean class accuracy over evaluated runs.
 
+    Every run is read. A run or report that cannot be read gets one warning
+    and is left out of the table. With no readable report at all, the
+    messages are logged as errors and no table is logged.
+
     Args:
         runs: run folders (their `eval-*/report.json` files are read, one row
             per split), EVAL folders, folders of runs, or report.json files.
@@ -34,14 +39,41 @@ def compare_runs(runs: Sequence[Path]) -> int:
     Returns:
         Exit status: 0, or 1 when a run has no readable report.
     """
-    try:
-        reports = [report for run in runs for report in read_run_reports(Path(run))]
-    except EvaluationError as error:
-        logger.error("%s", error)
+    reports, errors = read_reports([Path(run) for run in runs])
+    if not reports:
+        for error in errors:
+            logger.error("%s", error)
         return 1
 
-    logger.info("comparison of %d evaluations:\n%s", len(reports), format_comparison_table(reports))
-    return 0
+    for error in errors:
+        logger.warning("%s", error)
+    logger.info(
+        "comparison of %s:\n%s", count_noun(len(reports), "evaluation"), format_comparison_table(reports),
+    )
+    return 1 if errors else 0
+
+
+def read_reports(runs: Sequence[Path]) -> tuple[list[dict], list[str]]:
+    """Read the reports of every run.
+
+    Returns:
+        The reports that could be read, and one error message for each run
+        without a report and each report that could not be read.
+    """
+    reports, errors = [], []
+    for run in runs:
+        try:
+            paths = find_reports(run)
+        except EvaluationError as error:
+            errors.append(str(error))
+            continue
+
+        for path in paths:
+            try:
+                reports.append(read_report(path))
+            except EvaluationError as error:
+                errors.append(str(error))
+    return reports, errors
 
 
 def find_reports(run: Path) -> list[Path]:
@@ -58,31 +90,31 @@ def find_reports(run: Path) -> list[Path]:
         found = sorted(run.glob(pattern))
         if found:
             return found
+    # compare does not know which shards the run was trained on, so SHARDS stays a placeholder.
     raise EvaluationError(
         f"no {REPORT_NAME} found in {run}, its eval-* folders or its subfolders; "
-        f"run slfer evaluate --checkpoint {run / 'best.pt'} first"
+        f"run slfer evaluate --shards SHARDS --checkpoint {run / 'best.pt'} first"
     )
 
 
-def read_run_reports(run: Path) -> list[dict]:
-    """Load and check every report of one run."""
-    reports = []
-    for path in find_reports(run):
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise EvaluationError(f"cannot read {path} as JSON: {error}") from error
+def read_report(path: Path) -> dict:
+    """Load one report.json and check that it has the fields of the comparison table."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EvaluationError(
+            f"cannot read {path} as JSON ({error}); run slfer evaluate again on its checkpoint to rewrite it"
+        ) from error
 
-        missing = [
-            key for key in ("run", "split", "num_samples", "accuracy", "mean_class_accuracy")
-            if not isinstance(report, dict) or key not in report
-        ]
-        if missing:
-            raise EvaluationError(
-                f"{path} is missing {', '.join(missing)}; pass a report.json written by slfer evaluate"
-            )
-        reports.append(report)
-    return reports
+    missing = [
+        key for key in ("run", "split", "num_samples", "accuracy", "mean_class_accuracy")
+        if not isinstance(report, dict) or key not in report
+    ]
+    if missing:
+        raise EvaluationError(
+            f"{path} is missing {', '.join(missing)}; pass a report.json written by slfer evaluate"
+        )
+    return report
 
 
 def format_comparison_table(reports: Sequence[dict]) -> str:

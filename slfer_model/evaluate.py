@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.shard_reader import ShardDataset, ShardFolderError, default_eval_split, load_manifest
+from pipeline.text import count_noun
 from slfer_model.checkpoint import CheckpointError, load_checkpoint
 from slfer_model.compare import REPORT_NAME, EvaluationError, format_comparison_table, variant_label
 from slfer_model.metrics import ClassificationMetrics, classification_metrics
@@ -90,6 +91,12 @@ def evaluate(
     Returns:
         Exit status: 0 when every checkpoint was evaluated, 1 otherwise.
     """
+    folder_errors = checkpoint_folder_errors(checkpoints)
+    for error in folder_errors:
+        logger.error("%s", error)
+    if folder_errors:
+        return 1
+
     try:
         torch_device = resolve_device(device)
         split = split or default_split(shards_dir)
@@ -136,8 +143,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
         raise EvaluationError(
-            f"device {name!r} requested but only {torch.cuda.device_count()} CUDA devices exist"
+            f"device {name!r} requested but this machine has {count_noun(count, 'CUDA device')}; "
+            f"pass cuda:N with N below {count}, or --device auto"
         )
     return device
 
@@ -155,6 +164,23 @@ def read_shard_settings(shards_dir: Path, split: str) -> dict:
     except (OSError, ValueError, KeyError) as error:
         raise EvaluationError(f"cannot read split {split!r} of shards {shards_dir}: {error!r}") from error
     return {"class_names": list(dataset.class_names), "part_names": list(dataset.part_names), "size": dataset.size}
+
+
+def checkpoint_folder_errors(checkpoints: Sequence[Path]) -> list[str]:
+    """Return one error message for each checkpoint path that is a folder, suggesting the run's checkpoint file."""
+    errors = []
+    for path in map(Path, checkpoints):
+        if not path.is_dir():
+            continue
+        found = [path / name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        if found:
+            errors.append(f"checkpoint {path} is a folder, not a checkpoint file; pass --checkpoint {found[0]}")
+        else:
+            errors.append(
+                f"checkpoint {path} is a folder without best.pt or last.pt; "
+                f"pass a checkpoint file written by slfer train, such as RUN/best.pt"
+            )
+    return errors
 
 
 def plan_jobs(checkpoints: Sequence[Path], split: str, out_dir: Path | None) -> list[EvaluationJob]:
@@ -235,7 +261,8 @@ def load_checkpoint_for_evaluation(path: Path, device: torch.device) -> dict:
     try:
         checkpoint = load_checkpoint(path, map_location=device)
     except CheckpointError as error:
-        raise EvaluationError(str(error)) from error
+        # torch.load's reasons can span several lines. Joining them keeps each logged error on one line.
+        raise EvaluationError(" ".join(str(error).split())) from error
 
     required = ("model", "class_names", "part_names", "crop_size", "variant")
     missing = [key for key in required if key not in checkpoint]
@@ -486,7 +513,7 @@ def format_report_table(report: dict) -> str:
     tta = f"flip TTA on ({report['tta_average']} averaged)" if report["tta_flip"] else "flip TTA off"
     lines = [
         f"{report['run']} ({variant_label(report)}) on split {report['split']}: "
-        f"{report['num_samples']} images, {tta}",
+        f"{count_noun(report['num_samples'], 'image')}, {tta}",
         f"  accuracy             {report['accuracy'] * 100:6.2f}%",
         f"  mean class accuracy  {report['mean_class_accuracy'] * 100:6.2f}%",
         "",

@@ -20,10 +20,12 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.labels import CLASS_NAMES, PART_NAMES
 from pipeline.shard_reader import ShardDataset, ShardFolderError, default_eval_split, load_manifest
+from pipeline.text import count_noun
 from slfer_model.checkpoint import (
     CheckpointError, PretrainedWeightsError, load_checkpoint, load_pretrained_backbone, save_checkpoint,
 )
-from slfer_model.config import ConfigError, TrainConfig, check_crop_fits, load_config
+from slfer_model.compare import variant_label
+from slfer_model.config import ConfigError, TrainConfig, check_crop_fits, load_config, load_resumed_config
 from slfer_model.distributed import (
     DeviceError, DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown,
 )
@@ -81,6 +83,10 @@ def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> tuple
 
     Returns:
         The settings and, when resuming, the checkpoint (on the CPU).
+
+    Raises:
+        ConfigError: when resuming with a setting that differs from the run's own,
+            other than those in RESUME_CHANGEABLE.
     """
     config = load_config(config_file, overrides)
     if not config.resume:
@@ -91,17 +97,7 @@ def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> tuple
         raise RunFolderError(f"cannot resume: {last} not found; start the run without --resume")
     checkpoint = load_checkpoint(last, map_location="cpu")
 
-    config = load_config(config_file, overrides, base=checkpoint["config"])
-    if config.variant != checkpoint["variant"]:
-        raise ConfigError(
-            f"cannot resume run {config.out_dir} of variant {checkpoint['variant']!r} as variant {config.variant!r}; "
-            f"drop --variant or start a new run"
-        )
-    if config.no_se != checkpoint["config"].get("no_se", False):
-        raise ConfigError(
-            f"cannot resume run {config.out_dir} with no_se {config.no_se}, because it was started with no_se "
-            f"{checkpoint['config'].get('no_se', False)}; drop --no-se or start a new run"
-        )
+    config = load_resumed_config(config_file, overrides, checkpoint["config"])
     return config, checkpoint
 
 
@@ -153,8 +149,8 @@ def run_training(config: TrainConfig, checkpoint: dict | None, context: Distribu
         write_config(out_dir / "config.yaml", config.to_dict())
         log_start(config, data, model, context)
     if start_epoch >= config.epochs:
-        logger.warning("run %s already trained %d of %d epochs; pass a larger --epochs to continue it",
-                       out_dir, start_epoch, config.epochs)
+        logger.warning("run %s already trained %d of %s; pass a larger --epochs to continue it",
+                       out_dir, start_epoch, count_noun(config.epochs, "epoch"))
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -218,8 +214,8 @@ def load_data(config: TrainConfig, context: DistributedContext) -> Data:
     train_set = ShardDataset(config.shards_dir, config.train_split, config.crop_size, train=True)
     if len(train_set) < config.batch_size * context.world_size:
         raise ConfigError(
-            f"split {config.train_split!r} has {len(train_set)} samples, fewer than one batch of {config.batch_size} "
-            f"per process; lower --batch-size or add samples"
+            f"split {config.train_split!r} has {count_noun(len(train_set), 'sample')}, fewer than one batch of "
+            f"{config.batch_size} per process; lower --batch-size or add samples"
         )
     train_loader, sampler = make_train_loader(train_set, config.batch_size, config.workers, config.seed, context)
 
@@ -432,11 +428,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def log_start(config: TrainConfig, data: Data, model: SLFERNet, context: DistributedContext) -> None:
     """Log what the run trains, on what data and device."""
     parameters = sum(p.numel() for p in model.parameters())
+    validation = "nothing"
+    if data.val_set is not None:
+        validation = count_noun(len(data.val_set), f"{data.val_set.split} image")
     logger.info(
-        "training %s (%.1fM parameters) on %s x %d for %d epochs: %d %s images (%d batches of %d), validation on %s",
-        config.variant, parameters / 1e6, context.device, context.world_size, config.epochs,
-        len(data.train_set), config.train_split, len(data.train_loader), config.batch_size,
-        f"{len(data.val_set)} {data.val_set.split} images" if data.val_set is not None else "nothing",
+        "training %s (%.1fM parameters) on %s x %d for %s: %s (%s of %d), validation on %s",
+        variant_label({"variant": config.variant, "se": model.se}), parameters / 1e6,
+        context.device, context.world_size, count_noun(config.epochs, "epoch"),
+        count_noun(len(data.train_set), f"{config.train_split} image"),
+        count_noun(len(data.train_loader), "batch", "batches"), config.batch_size, validation,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import sys
@@ -101,10 +102,75 @@ def test_pretrained_none_keeps_weights():
 
 def test_unmatched_state_dict_rejected(tmp_path):
     path = tmp_path / "other.pth"
-    torch.save({"encoder.weight": torch.zeros(3, 3)}, path)
+    torch.save({"encoder.weight": torch.zeros(3, 3), "decoder.bias": torch.zeros(3)}, path)
 
-    with pytest.raises(PretrainedWeightsError, match="no tensor"):
+    with pytest.raises(PretrainedWeightsError, match="no tensor") as error:
         load_pretrained_backbone(build_model("baseline"), str(path))
+
+    assert "encoder.weight, decoder.bias" in str(error.value)
+
+
+def test_file_without_tensors_lists_keys(tmp_path):
+    path = tmp_path / "nested.pth"
+    torch.save({"epoch": 3, "weights": {"conv1.weight": torch.zeros(64, 3, 7, 7)}}, path)
+
+    with pytest.raises(PretrainedWeightsError, match="contain no tensors") as error:
+        load_pretrained_backbone(build_model("baseline"), str(path))
+
+    assert "top-level keys: epoch, weights" in str(error.value)
+
+
+def save_slfer_checkpoint(path: Path, model) -> None:
+    """Save `model` as `slfer train` saves best.pt (without the optimiser and RNG states)."""
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": 1, "config": {"variant": model.variant},
+                           "variant": model.variant, "se": model.se, "best_accuracy": 0.5})
+
+
+def test_slfer_checkpoint_as_pretrained(tmp_path):
+    torch.manual_seed(2)
+    trained = build_model("proposed")
+    path = tmp_path / "best.pt"
+    save_slfer_checkpoint(path, trained)
+    model = build_model("proposed")
+
+    load_pretrained_backbone(model, str(path))
+
+    assert backbone_matches(model, trained.backbone.state_dict())
+    head_pairs = zip(model.expression_head.parameters(), trained.expression_head.parameters())
+    assert not all(torch.equal(own, loaded) for own, loaded in head_pairs)
+
+
+def test_slfer_checkpoint_into_backbone_without_se(tmp_path, caplog):
+    torch.manual_seed(2)
+    trained = build_model("proposed")
+    path = tmp_path / "best.pt"
+    save_slfer_checkpoint(path, trained)
+    model = build_model("proposed", se=False)
+    plain_keys = {key: value for key, value in trained.backbone.state_dict().items() if ".se." not in key}
+
+    with caplog.at_level(logging.INFO, logger="slfer_model.checkpoint"):
+        load_pretrained_backbone(model, str(path))
+
+    assert backbone_matches(model, plain_keys)
+    assert "skipped the 32 SE tensors" in caplog.text
+    assert "no SE blocks" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b""], ids=["text", "empty"])
+def test_pretrained_not_a_torch_file(tmp_path, content):
+    path = tmp_path / "fake.pth"
+    path.write_bytes(content)
+
+    with pytest.raises(PretrainedWeightsError) as error:
+        load_pretrained_backbone(build_model("baseline"), str(path))
+
+    message = str(error.value)
+    assert str(path) in message
+    assert "not a PyTorch checkpoint" in message
+    assert "weights_only=True" in message
+    assert "slfer checkpoint" in message
+    assert "Please file an issue" not in message
+    assert "\n" not in message
 
 
 def test_missing_weights_file(tmp_path):
@@ -162,3 +228,34 @@ def test_cuda_checkpoint_loads_on_cpu(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "last.pt", map_location="cpu")
+
+
+@pytest.mark.parametrize("content, cause", [
+    (b"garbage\n", "Unsupported operand"),
+    (b"", "the file is empty"),
+], ids=["text", "empty"])
+def test_checkpoint_not_a_torch_file(tmp_path, content, cause):
+    path = tmp_path / "fake.pth"
+    path.write_bytes(content)
+
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path, map_location="cpu")
+
+    message = str(error.value)
+    assert str(path) in message
+    assert cause in message
+    assert "not a PyTorch checkpoint" in message
+    assert "last.pt or best.pt" in message
+    assert "Please file an issue" not in message
+    assert "\n" not in message
+
+
+def test_checkpoint_with_other_objects(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=0.1)}, path)
+
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path, map_location="cpu")
+
+    assert "argparse.Namespace was not an allowed global" in str(error.value)
+    assert "contains objects other than tensors" in str(error.value)

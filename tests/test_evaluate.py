@@ -135,6 +135,22 @@ def test_several_checkpoints_share_out_folder(tmp_path):
     assert [job.out_dir for job in jobs] == [tmp_path / "out" / "a", tmp_path / "out" / "b"]
 
 
+def test_evaluate_rejects_run_folder(tmp_path, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").touch()
+
+    assert evaluate(tmp_path / "shards", [run], device="cpu", workers=0) == 1
+    assert f"checkpoint {run} is a folder" in caplog.text
+    assert f"pass --checkpoint {run / 'best.pt'}" in caplog.text
+    assert "Errno" not in caplog.text
+
+
+def test_evaluate_rejects_folder_without_checkpoint(tmp_path, caplog):
+    assert evaluate(tmp_path / "shards", [tmp_path], device="cpu", workers=0) == 1
+    assert f"checkpoint {tmp_path} is a folder without best.pt or last.pt" in caplog.text
+
+
 def test_reports_ordered_like_ablation_table():
     variants = ["proposed", "custom", "baseline", "ct+st", "st", "ct"]
     reports = order_reports([{"variant": variant} for variant in variants])
@@ -274,8 +290,39 @@ def test_compare_reads_folder_of_runs(evaluated_runs, caplog):
 
 
 def test_compare_rejects_unevaluated_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="slfer_model.compare")
     assert compare_runs([tmp_path]) == 1
     assert f"no report.json found in {tmp_path}" in caplog.text
+    assert f"run slfer evaluate --shards SHARDS --checkpoint {tmp_path / 'best.pt'} first" in caplog.text
+    assert "comparison of" not in caplog.text
+
+
+@pytest.mark.slow
+def test_compare_tables_runs_beside_unevaluated_one(evaluated_runs, tmp_path):
+    work, _ = evaluated_runs
+    unevaluated = tmp_path / "unevaluated"
+    unevaluated.mkdir()
+
+    result = run_cli("compare", work / "proposed", unevaluated, work / "baseline")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    rows = [line.split() for line in result.stderr.splitlines() if line.startswith(("proposed", "baseline"))]
+    assert result.returncode == 1
+    assert len(warnings) == 1
+    assert f"no report.json found in {unevaluated}" in warnings[0]
+    assert "comparison of 2 evaluations:" in result.stderr
+    assert [row[1] for row in rows] == ["baseline", "proposed"]
+
+
+@pytest.mark.slow
+def test_compare_skips_unreadable_report(evaluated_runs, tmp_path, caplog):
+    work, _ = evaluated_runs
+    broken = tmp_path / "report.json"
+    broken.write_text("{")
+    caplog.set_level(logging.INFO, logger="slfer_model.compare")
+
+    assert compare_runs([broken, work / "proposed"]) == 1
+    assert f"cannot read {broken} as JSON" in caplog.text
+    assert "comparison of 1 evaluation:" in caplog.text
 
 
 @pytest.mark.slow
@@ -290,6 +337,22 @@ def test_evaluate_rejects_other_class_order(evaluated_runs, tmp_path, caplog):
     assert str(list(reversed(CLASS_NAMES))) in caplog.text
     assert str(list(CLASS_NAMES)) in caplog.text
     assert not (tmp_path / "reordered" / "eval-val").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_rejects_non_checkpoint_file(evaluated_runs, tmp_path):
+    work, _ = evaluated_runs
+    fake = tmp_path / "fake.pth"
+    fake.write_text("garbage\n")
+
+    result = run_cli("evaluate", "--shards", work / "shards", "--checkpoint", fake,
+                     "--workers", "0", "--device", "cpu")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ERROR")
+    assert str(fake) in lines[0]
 
 
 @pytest.mark.slow

@@ -137,10 +137,14 @@ def test_existing_run_rejected(shards_dir, one_epoch_run):
 
 
 @pytest.mark.slow
-def test_no_se_trains_and_evaluates(shards_dir, tmp_path):
+def test_no_se_from_slfer_checkpoint(shards_dir, one_epoch_run, tmp_path):
     run_dir = tmp_path / "run"
-    result = train_cli(shards_dir, run_dir, "--epochs", "1", "--no-se")
+    result = train_cli(shards_dir, run_dir, "--epochs", "1", "--no-se", "--pretrained", one_epoch_run / "best.pt")
     assert result.returncode == 0, result.stderr
+    assert "training proposed without SE (" in result.stderr
+    assert " for 1 epoch:" in result.stderr
+    assert "loaded 120 of 120 backbone tensors" in result.stderr
+    assert "skipped the 32 SE tensors" in result.stderr
     checkpoint = load_checkpoint(run_dir / "best.pt", map_location="cpu")
     assert checkpoint["se"] is False
     assert not [name for name in checkpoint["model"] if ".se." in name]
@@ -149,6 +153,20 @@ def test_no_se_trains_and_evaluates(shards_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "proposed without SE" in result.stderr
     assert json.loads((run_dir / "eval-test" / "report.json").read_text())["se"] is False
+
+
+@pytest.mark.slow
+def test_resume_rejects_changed_settings(shards_dir, one_epoch_run):
+    config_before = (one_epoch_run / "config.yaml").read_text()
+
+    result = train_cli(shards_dir, one_epoch_run, "--epochs", "2", "--resume", "--lr", "0.5", "--batch-size", "8")
+
+    assert result.returncode == 1
+    assert "batch_size 8 (the run has 4)" in result.stderr
+    assert "lr 0.5 (the run has 0.0001)" in result.stderr
+    assert "Only epochs, workers, device" in result.stderr
+    assert (one_epoch_run / "config.yaml").read_text() == config_before
+    assert load_checkpoint(one_epoch_run / "last.pt", map_location="cpu")["epoch"] == 1
 
 
 @pytest.mark.slow
@@ -207,6 +225,30 @@ def test_crop_larger_than_shards(shards_dir, tmp_path):
 
     assert result.returncode == 1
     assert "crop_size 64 is larger than the 40-pixel images" in result.stderr
+
+
+@pytest.mark.slow
+def test_yaml_option_names(shards_dir, tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"shards: {shards_dir}\ncrop-size: 64\n")
+
+    result = run_cli("train", "--config", config_file, "--out", tmp_path / "run")
+
+    assert result.returncode == 1
+    assert f"crop_size 64 is larger than the 40-pixel images stored in {shards_dir}" in result.stderr
+
+
+@pytest.mark.slow
+def test_pretrained_not_a_torch_file(shards_dir, tmp_path):
+    fake = tmp_path / "fake.pth"
+    fake.write_text("garbage\n")
+
+    result = train_cli(shards_dir, tmp_path / "run", "--epochs", "1", "--pretrained", fake)
+
+    assert result.returncode == 1
+    assert f"cannot read pretrained weights {fake}: Unsupported operand" in result.stderr
+    assert "Please file an issue" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
