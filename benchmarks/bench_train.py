@@ -88,6 +88,32 @@ def measure(shards_dir: Path, variant: str, crop: int, batches: int, workers: in
     return train_one_epoch(model, optimizer, data, config, context, epoch=2)
 
 
+def profile_step(variant: str, crop: int, batch_size: int) -> None:
+    """Print the operators that take the most CPU time in one training step on random tensors."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(variant).train()
+    optimizer = torch.optim.Adam(model.parameters())
+    images = torch.randn(batch_size, 3, crop, crop)
+    labels = torch.randint(0, 7, (batch_size,))
+    masks = torch.randint(0, 8, (batch_size, crop, crop))
+
+    def step() -> None:
+        output = model(images)
+        loss = torch.nn.functional.cross_entropy(output.expression, labels)
+        if output.segmentation is not None:
+            loss = loss + torch.nn.functional.cross_entropy(output.segmentation, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step()
+    print(f"one {variant} training step at {crop}, batch {batch_size}, operators by CPU time:")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fer2013", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "fer2013")
@@ -96,8 +122,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=TrainConfig().workers,
                         help="DataLoader workers (default: slfer train's default, up to 4, one per core)")
+    parser.add_argument("--profile", metavar="VARIANT", choices=VARIANTS, default=None,
+                        help="only profile one training step of VARIANT at 224 instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.profile:
+        profile_step(args.profile, 224, args.batch_size)
+        return
 
     count = (args.batches + 1) * args.batch_size
     shards = prepare_shards(args.fer2013, args.work, count)
