@@ -27,9 +27,9 @@ WORK="${WORK:-work/demo}"
 VARIANT="${VARIANT:-proposed}"
 # The defaults below are sized for a 2-core CPU, where training dominates:
 # 6 epochs of 560 demo images at a 40-pixel crop. On a fresh clone with the
-# venv installed, the whole demo took 3.5 minutes on 2 idle cores (AMD EPYC,
-# torch 2.14.1), and about 6 minutes with other jobs on them. It reached 44%
-# val accuracy on the demo faces.
+# venv installed, the whole demo took 36 s on 2 idle cores (AMD EPYC, torch
+# 2.14.1, 2026-12-04), and 3.5 to 6 minutes on a slower container shared with
+# other jobs. It reached 43% val accuracy on the demo faces.
 SIZE="${SIZE:-48}"
 CROP="${CROP:-40}"
 EPOCHS="${EPOCHS:-6}"
