@@ -25,7 +25,9 @@ from slfer_model.checkpoint import (
     CheckpointError, PretrainedWeightsError, load_checkpoint, load_pretrained_backbone, save_checkpoint,
 )
 from slfer_model.compare import variant_label
-from slfer_model.config import ConfigError, TrainConfig, check_crop_fits, load_config, load_resumed_config
+from slfer_model.config import (
+    ConfigError, TrainConfig, check_crop_fits, load_resumed_config, merge_settings, validate as validate_config,
+)
 from slfer_model.distributed import (
     DeviceError, DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown,
 )
@@ -88,10 +90,15 @@ def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> tuple
         ConfigError: when resuming with a setting that differs from the run's own,
             other than those in RESUME_CHANGEABLE.
     """
-    config = load_config(config_file, overrides)
+    config = merge_settings(config_file, overrides)
     if not config.resume:
+        validate_config(config)
         return config, None
 
+    # The run's own settings, --shards among them, come from its checkpoint, so
+    # only the run folder is needed before it is read.
+    if config.out_dir is None:
+        raise ConfigError("out_dir is missing; pass --out RUN with the run folder to resume")
     last = Path(config.out_dir) / LAST_CHECKPOINT
     if not last.is_file():
         raise RunFolderError(f"cannot resume: {last} not found; start the run without --resume")

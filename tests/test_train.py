@@ -194,7 +194,8 @@ def test_resume_matches_straight_run(shards_dir, tmp_path):
     assert train_cli(shards_dir, straight, "--epochs", "2").returncode == 0
     assert train_cli(shards_dir, resumed, "--epochs", "1").returncode == 0
 
-    result = train_cli(shards_dir, resumed, "--epochs", "2", "--resume")
+    # Every other setting, --shards included, comes from the run's checkpoint.
+    result = run_cli("train", "--out", resumed, "--epochs", "2", "--resume")
 
     assert result.returncode == 0, result.stderr
     expected = load_checkpoint(straight / "last.pt", map_location="cpu")["model"]
