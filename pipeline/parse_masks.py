@@ -29,9 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.datasets import DatasetError, Record, scan_dataset, subset_evenly
+from pipeline.devices import DeviceError, resolve_device
 from pipeline.images import ImageDecodeError, decode_image
 from pipeline.mask_io import mask_path, raw_mask_path, write_mask
-from pipeline.parsers import FaceNotFoundError, FaceParser, ParserSetupError, create_parser, resolve_device
+from pipeline.parsers import FaceNotFoundError, FaceParser, ParserSetupError, create_parser
 from pipeline.parsers.class_map import ClassMapError, load_class_map
 from pipeline.parts import part_pixel_counts
 from pipeline.text import count_noun
@@ -81,7 +82,7 @@ def parse_masks(root: Path, dataset_format: str, *, label_order: str | None, ski
         parser = build_parser(parser_name, weights=weights, device=device, class_map=class_map,
                               face_box=face_box, save_raw=save_raw)
         record_parser(out_dir, parser, overwrite)
-    except (ParseMasksError, DatasetError, ParserSetupError, ClassMapError) as error:
+    except (ParseMasksError, DatasetError, DeviceError, ParserSetupError, ClassMapError) as error:
         logger.error("%s", error)
         return 1
 

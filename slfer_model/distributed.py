@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.devices import DeviceError, resolve_device
+
 logger = logging.getLogger(__name__)
 
-
-class DeviceError(ValueError):
-    """A --device value that is invalid or not available on this machine."""
+# DeviceError is imported from here by train, which reports it as a user error.
+__all__ = ["DeviceError", "DistributedContext", "all_reduce_sum", "barrier", "init_distributed", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -34,25 +35,6 @@ class DistributedContext:
     def distributed(self) -> bool:
         """Whether the run has more than one process."""
         return self.world_size > 1
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """Turn auto, cpu, cuda or cuda:N into a device; under torchrun, cuda means cuda:LOCAL_RANK."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError as error:
-        raise DeviceError(f"device {spec!r} is invalid; use auto, cpu, cuda or cuda:N") from error
-
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r} requested but CUDA is not available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    elif device.type != "cpu":
-        raise DeviceError(f"device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def init_distributed(device_spec: str) -> DistributedContext:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.devices import DeviceError, resolve_device
 from pipeline.shard_reader import ShardDataset, ShardFolderError, default_eval_split, load_manifest
 from pipeline.text import count_noun
 from slfer_model.checkpoint import CheckpointError, load_checkpoint
@@ -102,7 +103,7 @@ def evaluate(
         split = split or default_split(shards_dir)
         shards = read_shard_settings(shards_dir, split)
         jobs = plan_jobs(checkpoints, split, out_dir)
-    except EvaluationError as error:
+    except (DeviceError, EvaluationError) as error:
         logger.error("%s", error)
         return 1
 
@@ -130,25 +131,6 @@ def default_split(shards_dir: Path) -> str:
         raise EvaluationError(str(error)) from error
     # With neither split, "test" makes the shard reader's error name the split it looked for.
     return default_eval_split(splits) or "test"
-
-
-def resolve_device(name: str) -> torch.device:
-    """Turn auto, cpu, cuda or cuda:N into a torch device that exists on this machine."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise EvaluationError(f"device {name!r} is invalid ({error}); use auto, cpu, cuda or cuda:N") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise EvaluationError(
-            f"device {name!r} requested but this machine has {count_noun(count, 'CUDA device')}; "
-            f"pass cuda:N with N below {count}, or --device auto"
-        )
-    return device
 
 
 def read_shard_settings(shards_dir: Path, split: str) -> dict:

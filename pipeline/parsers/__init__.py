@@ -29,8 +29,7 @@ PARSERS: dict[str, Callable[..., FaceParser]] = {
     "landmarks": _create_landmarks,
 }
 
-__all__ = ["PARSERS", "FaceNotFoundError", "FaceParser", "ParsedMask", "ParserSetupError", "create_parser",
-           "resolve_device"]
+__all__ = ["PARSERS", "FaceNotFoundError", "FaceParser", "ParsedMask", "ParserSetupError", "create_parser"]
 
 
 def create_parser(name: str, **options) -> FaceParser:
@@ -42,29 +41,3 @@ def create_parser(name: str, **options) -> FaceParser:
     if name not in PARSERS:
         raise ParserSetupError(f"unknown parser {name!r}; use one of {', '.join(PARSERS)}")
     return PARSERS[name](**options)
-
-
-def resolve_device(device: str):
-    """Turn "auto", "cpu", "cuda" or "cuda:N" into a torch.device that exists here.
-
-    Raises:
-        ParserSetupError: for an unknown device name or a CUDA device that is not present.
-    """
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ParserSetupError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ParserSetupError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ParserSetupError(f"device {device!r} requested, but CUDA is not available here; use --device cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ParserSetupError(
-                f"device {device!r} requested, but only {torch.cuda.device_count()} CUDA devices are present"
-            )
-    return resolved
