@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import pickle
 import urllib.error
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights
 
+from pipeline.torch_files import load_torch_file
 from slfer_model.run_files import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -22,10 +21,6 @@ IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 STRIPPED_PREFIXES = ("module.",)
 # Prefix of the backbone's keys in the "model" state dict of an slfer checkpoint.
 SLFER_BACKBONE_PREFIX = "backbone."
-# What torch.load raises for a file that is not a torch.save file, or that contains objects
-# weights_only=True rejects. The weights-only unpickler raises UnpicklingError, and on
-# random bytes torch 2.14 also raised EOFError, IndexError, KeyError and UnicodeDecodeError.
-LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, IndexError, KeyError)
 # Keys of a file listed in an error message, at most.
 LISTED_KEYS = 10
 
@@ -90,15 +85,8 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             f"pretrained weights {str(path)!r} are not a file; pass none, imagenet, the path of a ResNet-18 "
             f"state dict or an slfer checkpoint (RUN/best.pt)"
         )
-    try:
-        data = read_torch_file(path, map_location="cpu")
-    except OSError as error:
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {error}") from error
-    except LOAD_ERRORS as error:
-        raise PretrainedWeightsError(
-            f"cannot read pretrained weights {path}: {describe_load_error(path, error)}; pass a torch.save'd "
-            f"ResNet-18 state dict or an slfer checkpoint (RUN/best.pt)"
-        ) from error
+    data = load_torch_file(path, "cpu", PretrainedWeightsError, "pretrained weights",
+                           "pass a torch.save'd ResNet-18 state dict or an slfer checkpoint (RUN/best.pt)")
     if not isinstance(data, dict):
         raise PretrainedWeightsError(f"pretrained weights {path} hold a {type(data).__name__}, not a state dict")
 
@@ -204,55 +192,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, A
     Raises:
         CheckpointError: when the file is missing or is not a readable checkpoint.
     """
-    try:
-        checkpoint = read_torch_file(path, map_location=map_location)
-    except FileNotFoundError as error:
-        raise CheckpointError(f"checkpoint {path} not found") from error
-    except OSError as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
-    except LOAD_ERRORS as error:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {describe_load_error(path, error)}; pass a last.pt or best.pt "
-            f"written by slfer train"
-        ) from error
+    checkpoint = load_torch_file(path, map_location, CheckpointError, "checkpoint",
+                                 "pass a last.pt or best.pt written by slfer train")
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"{path} is not an slfer checkpoint: it has no 'model' entry")
     return checkpoint
-
-
-def read_torch_file(path: Path, map_location: str | torch.device) -> Any:
-    """Load a torch.save file with weights_only=True, which unpickles only tensors and plain containers."""
-    with warnings.catch_warnings():
-        # torch warns about any pickle protocol other than its own before it fails on such a
-        # file, which is noise next to the error raised for it.
-        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-        return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def describe_load_error(path: Path, error: Exception) -> str:
-    """Explain in one line why read_torch_file failed on `path`, starting with a short cause from torch."""
-    return (
-        f"{load_error_cause(path, error)}. The file is not a PyTorch checkpoint, or it contains objects other "
-        f"than tensors, which slfer does not load because it reads files with weights_only=True"
-    )
-
-
-def load_error_cause(path: Path, error: Exception) -> str:
-    """Return the first sentence of torch's reason for `error`, without its advice on weights_only."""
-    if isinstance(error, EOFError) and Path(path).stat().st_size == 0:
-        return "the file is empty"
-
-    # The weights-only unpickler puts its reason after this marker, between paragraphs
-    # about the weights_only default and a link to the documentation.
-    text = str(error).split("WeightsUnpickler error:", 1)[-1]
-    lines = [line.strip() for line in text.splitlines()]
-    reasons = [line for line in lines if line and not line.startswith("Check the documentation")]
-    if not reasons:
-        return type(error).__name__
-    cause = reasons[-1].split(". ", 1)[0].rstrip(".")
-
-    # Other errors come from torch's reader stumbling on bytes it cannot parse, and their
-    # text ("pop from empty list") means little without the exception's name.
-    if isinstance(error, (pickle.UnpicklingError, RuntimeError)):
-        return cause
-    return f"{type(error).__name__}: {cause}"

@@ -243,8 +243,7 @@ def load_checkpoint_for_evaluation(path: Path, device: torch.device) -> dict:
     try:
         checkpoint = load_checkpoint(path, map_location=device)
     except CheckpointError as error:
-        # torch.load's reasons can span several lines. Joining them keeps each logged error on one line.
-        raise EvaluationError(" ".join(str(error).split())) from error
+        raise EvaluationError(str(error)) from error
 
     required = ("model", "class_names", "part_names", "crop_size", "variant")
     missing = [key for key in required if key not in checkpoint]

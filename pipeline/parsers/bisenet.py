@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from pipeline.labels import PART_NAMES
 from pipeline.parsers.base import FaceParser, ParsedMask, ParserSetupError, file_sha256
 from pipeline.parsers.class_map import ClassMap
+from pipeline.torch_files import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +87,17 @@ def load_bisenet(path: Path, device: torch.device) -> torch.nn.Module:
     """
     from facexlib.parsing.bisenet import BiSeNet
 
+    fix = f"use {WEIGHTS_FILE} from {WEIGHTS_URL}"
+    state_dict = load_torch_file(path, "cpu", ParserSetupError, "weights file", fix,
+                                 expected="facexlib BiSeNet state dict")
     model = BiSeNet(num_class=NUM_LABELS)
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state_dict, strict=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, AttributeError, OSError, EOFError) as error:
-        # torch.load reports a file that is not a checkpoint as an UnpicklingError,
-        # and load_state_dict a state dict of another model as a RuntimeError.
+    except (RuntimeError, TypeError, AttributeError) as error:
+        # load_state_dict reports a state dict of another model as a RuntimeError, and
+        # other contents of the file (a list, a tensor) fail with a TypeError or AttributeError.
         raise ParserSetupError(
-            f"weights file {path} is not a facexlib BiSeNet state dict ({str(error).splitlines()[0]}); "
-            f"use {WEIGHTS_FILE} from {WEIGHTS_URL}"
+            f"weights file {path} is not a facexlib BiSeNet state dict ({str(error).splitlines()[0]}); {fix}"
         ) from None
     # channels_last lets oneDNN (CPU) and cuDNN pick their faster NHWC kernels.
     return model.eval().to(device, memory_format=torch.channels_last)
