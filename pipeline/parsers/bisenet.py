@@ -189,8 +189,8 @@ class BiSeNetParser(FaceParser):
         self.class_map = class_map
         self.device = device
         self.save_raw = save_raw
-        self.model = load_bisenet(weights_path, device)
-        self.forward = fold_batch_norms(self.model)
+        # Only the traced first-output module is kept, so the weights are held once.
+        self.model = fold_batch_norms(load_bisenet(weights_path, device))
         self.lookup = torch.from_numpy(class_map.lookup).to(device)
         self.visible_parts = tuple(sorted(set(class_map.to_json()["map"].values()), key=_part_order))
         logger.info("BiSeNet weights %s (sha256 %s) on %s", weights_path, self.weights_sha256, device)
@@ -219,7 +219,7 @@ class BiSeNetParser(FaceParser):
         batch = torch.from_numpy(np.stack(prepared))
         with torch.inference_mode():
             pixels = normalise(batch.to(self.device, non_blocking=True))
-            logits = self.forward(pixels)
+            logits = self.model(pixels)
             parts, labels = logits_to_masks(logits, self.lookup)
             parts = parts.cpu().numpy()
             labels = labels.cpu().numpy() if self.save_raw else None
