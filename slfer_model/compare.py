@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.text import count_noun
-from slfer_model.variants import VARIANTS
+from slfer_model.variants import VARIANTS, variant_label
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ def format_comparison_table(reports: Sequence[dict]) -> str:
     header = ("run", "variant", "split", "images", "flip TTA", "accuracy %", "mean class acc. %")
     rows = [
         (
-            report["run"], variant_label(report), report["split"], str(report["num_samples"]),
+            report["run"], variant_label(report.get("variant"), report.get("se")), report["split"],
+            str(report["num_samples"]),
             "yes" if report.get("tta_flip") else "no",
             f"{report['accuracy'] * 100:.2f}", f"{report['mean_class_accuracy'] * 100:.2f}",
         )
@@ -131,16 +132,6 @@ def format_comparison_table(reports: Sequence[dict]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     lines = [header, tuple("-" * width for width in widths), *rows]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
-
-
-def variant_label(report: dict) -> str:
-    """Name a report's variant, adding "without SE" when --no-se removed the variant's SE blocks."""
-    variant = report.get("variant")
-    if variant is None:
-        return "?"
-    if variant in VARIANTS and VARIANTS[variant].se and report.get("se") is False:
-        return f"{variant} without SE"
-    return variant
 
 
 def order_reports(reports: Sequence[dict]) -> list[dict]:

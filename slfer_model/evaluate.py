@@ -35,10 +35,11 @@ from pipeline.devices import DeviceError, resolve_device
 from pipeline.shard_reader import ShardDataset, ShardFolderError, default_eval_split, load_manifest
 from pipeline.text import count_noun
 from slfer_model.checkpoint import CheckpointError, load_checkpoint
-from slfer_model.compare import REPORT_NAME, EvaluationError, format_comparison_table, variant_label
+from slfer_model.compare import REPORT_NAME, EvaluationError, format_comparison_table
 from slfer_model.metrics import ClassificationMetrics, classification_metrics
 from slfer_model.network import VARIANTS, build_model
 from slfer_model.plots import plot_confusion
+from slfer_model.variants import variant_label
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +494,7 @@ def format_report_table(report: dict) -> str:
     width = max(len(name) for name in class_names) + 2
     tta = f"flip TTA on ({report['tta_average']} averaged)" if report["tta_flip"] else "flip TTA off"
     lines = [
-        f"{report['run']} ({variant_label(report)}) on split {report['split']}: "
+        f"{report['run']} ({variant_label(report['variant'], report.get('se'))}) on split {report['split']}: "
         f"{count_noun(report['num_samples'], 'image')}, {tta}",
         f"  accuracy             {report['accuracy'] * 100:6.2f}%",
         f"  mean class accuracy  {report['mean_class_accuracy'] * 100:6.2f}%",

@@ -24,7 +24,6 @@ from pipeline.text import count_noun
 from slfer_model.checkpoint import (
     CheckpointError, PretrainedWeightsError, load_checkpoint, load_pretrained_backbone, save_checkpoint,
 )
-from slfer_model.compare import variant_label
 from slfer_model.config import (
     ConfigError, TrainConfig, check_crop_fits, load_resumed_config, merge_settings, validate as validate_config,
 )
@@ -36,6 +35,7 @@ from slfer_model.losses import joint_loss
 from slfer_model.metrics import classification_metrics
 from slfer_model.network import SLFERNet, build_model
 from slfer_model.run_files import plot_curves, read_metrics, write_config, write_metrics
+from slfer_model.variants import variant_label
 
 logger = logging.getLogger(__name__)
 
@@ -440,7 +440,7 @@ def log_start(config: TrainConfig, data: Data, model: SLFERNet, context: Distrib
         validation = count_noun(len(data.val_set), f"{data.val_set.split} image")
     logger.info(
         "training %s (%.1fM parameters) on %s x %d for %s: %s (%s of %d), validation on %s",
-        variant_label({"variant": config.variant, "se": model.se}), parameters / 1e6,
+        variant_label(config.variant, model.se), parameters / 1e6,
         context.device, context.world_size, count_noun(config.epochs, "epoch"),
         count_noun(len(data.train_set), f"{config.train_split} image"),
         count_noun(len(data.train_loader), "batch", "batches"), config.batch_size, validation,

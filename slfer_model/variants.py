@@ -25,3 +25,12 @@ VARIANTS: dict[str, Variant] = {
     "ct+st": Variant(segmentation=True, parts=True, se=False),
     "proposed": Variant(segmentation=True, parts=True, se=True),
 }
+
+
+def variant_label(variant: str | None, se: bool | None = None) -> str:
+    """Name a variant for logs and tables, adding "without SE" when --no-se removed its SE blocks."""
+    if variant is None:
+        return "?"
+    if variant in VARIANTS and VARIANTS[variant].se and se is False:
+        return f"{variant} without SE"
+    return variant
