@@ -194,9 +194,7 @@ def scan_folder(root: Path, *, skip_unknown: bool, **_) -> DatasetScan:
 def reject_missing_split_level(root: Path, split_dirs: list[Path]) -> None:
     """Raise DatasetError when ROOT contains class folders of images instead of split folders."""
     for folder in split_dirs:
-        try:
-            class_index(folder.name)
-        except UnknownLabelError:
+        if not names_a_class(folder.name):
             continue
         if any(is_image_file(entry.name) for entry in folder.iterdir() if entry.is_file()):
             if has_sibling_splits(root):
@@ -212,16 +210,17 @@ def reject_missing_split_level(root: Path, split_dirs: list[Path]) -> None:
 
 def has_sibling_splits(root: Path) -> bool:
     """Tell whether a folder beside `root` also contains class folders, as the other splits would."""
-    for sibling in list_subfolders(root.parent):
-        if sibling == root:
-            continue
-        for folder in list_subfolders(sibling):
-            try:
-                class_index(folder.name)
-                return True
-            except UnknownLabelError:
-                continue
-    return False
+    siblings = [folder for folder in list_subfolders(root.parent) if folder != root]
+    return any(names_a_class(folder.name) for sibling in siblings for folder in list_subfolders(sibling))
+
+
+def names_a_class(name: str) -> bool:
+    """Tell whether a folder name is one of the seven classes or an alias of one."""
+    try:
+        class_index(name)
+    except UnknownLabelError:
+        return False
+    return True
 
 
 def scan_sfew(root: Path, *, skip_unknown: bool, **_) -> DatasetScan:

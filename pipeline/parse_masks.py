@@ -87,8 +87,8 @@ def parse_masks(root: Path, dataset_format: str, *, label_order: str | None, ski
         return 1
 
     if scan.missing:
-        logger.warning("%s named by the label file missing, for example %s",
-                       count_noun(len(scan.missing), "image is", "images are"), scan.missing[0])
+        logger.warning("missing: %s named by the label file, for example %s",
+                       count_noun(len(scan.missing), "image"), scan.missing[0])
     batch_size = batch_size or parser.default_batch_size
     workers = parser.default_workers if workers is None else workers
     counts, report = run_shard(scan.image_root, records, out_dir, parser, overwrite=overwrite,

@@ -76,6 +76,15 @@ def parse_in_process(dataset: Path, out_dir: Path, **options) -> int:
     return parse_masks(dataset, "folder", **settings)
 
 
+def wait_for_masks(process: subprocess.Popen, out_dir: Path, count: int = 10) -> None:
+    """Wait until a running parse-masks has written `count` masks into `out_dir`, or has ended."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list((out_dir / "masks").rglob("*.png"))) >= count:
+            return
+        time.sleep(0.05)
+
+
 def test_mask_write_read_roundtrip(tmp_path):
     mask = np.random.default_rng(0).integers(0, 8, (13, 17), dtype=np.uint8)
     path = mask_path(tmp_path, "train/happy/a b.jpg")
@@ -178,11 +187,7 @@ def test_resume_after_kill(tmp_path, fer2013_images):
          "--out", str(resumed_dir), "--workers", "0", "--batch-size", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(list((resumed_dir / "masks").rglob("*.png"))) >= 10:
-            break
-        time.sleep(0.05)
+    wait_for_masks(process, resumed_dir)
     process.send_signal(signal.SIGKILL)
     process.wait()
     written_before_kill = len(list((resumed_dir / "masks").rglob("*.png")))
@@ -203,11 +208,7 @@ def test_ctrl_c_says_how_to_continue(tmp_path, fer2013_root):
          "--limit", "5000", "--workers", "0", "--out", str(out_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(list((out_dir / "masks").rglob("*.png"))) >= 10:
-            break
-        time.sleep(0.05)
+    wait_for_masks(process, out_dir)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
 
