@@ -1,4 +1,4 @@
-"""Loading torch.save files safely, with one-line errors that say what the file is not."""
+"""Loading of torch.save files with weights_only=True, and one-line errors for files that fail to load."""
 
 from __future__ import annotations
 

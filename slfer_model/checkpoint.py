@@ -21,7 +21,7 @@ IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 STRIPPED_PREFIXES = ("module.",)
 # Prefix of the backbone's keys in the "model" state dict of an slfer checkpoint.
 SLFER_BACKBONE_PREFIX = "backbone."
-# Keys of a file listed in an error message, at most.
+# Maximum number of a file's keys that an error message lists.
 LISTED_KEYS = 10
 
 

@@ -29,7 +29,7 @@ class TrainConfig:
     shards_dir: str | None = None
     out_dir: str | None = None
     variant: str = "proposed"
-    # Removes the SE blocks from a variant that has them (only "proposed").
+    # Whether to build a variant that has SE blocks (only "proposed") without them.
     no_se: bool = False
     epochs: int = 40
     batch_size: int = 16
@@ -45,7 +45,7 @@ class TrainConfig:
     # None picks "test" when the shards have it, else "val".
     val_split: str | None = None
     device: str = "auto"
-    # Up to 4 DataLoader workers, one per core: more would only compete for the cores.
+    # Up to 4 DataLoader workers, one per core, because more would only compete for the cores.
     workers: int = dataclasses.field(default_factory=lambda: min(4, os.cpu_count() or 1))
     seed: int = 0
     deterministic: bool = False

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
-# Checkpoint entries that only --resume reads; best.pt goes without them.
+# Checkpoint entries that only --resume reads, so best.pt leaves them out.
 RESUME_ONLY_KEYS = ("optimizer", "scheduler", "rng")
 LOSS_TERMS = ("total", "expression", "segmentation", "parts")
 
