@@ -51,7 +51,7 @@ SUPERSAMPLE = 4
 
 @dataclass(frozen=True)
 class Expression:
-    """Mean values of the expression cues of one class.
+    """Expression cues: the mean values of one class in EXPRESSIONS, or the values drawn for one face.
 
     Lengths are fractions of the face box side. Positive `brow_raise` moves
     both brows up, positive `brow_slant` raises their inner ends, positive
@@ -111,14 +111,7 @@ IRIS_COLOURS = np.array([[70, 45, 25], [40, 90, 140], [60, 110, 70], [100, 100, 
 class FaceSample:
     """Everything that decides one drawn face: expression cues and nuisance variables."""
 
-    brow_raise: float
-    brow_slant: float
-    eye_open: float
-    mouth_curve: float
-    mouth_open: float
-    mouth_width: float
-    upper_lip_raise: float
-    nose_wrinkle: bool
+    cues: Expression
     gaze: tuple[float, float]
     scale: float
     angle_deg: float
@@ -147,7 +140,7 @@ def sample_face(rng: np.random.Generator, class_name: str) -> FaceSample:
     hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * rng.uniform(0.8, 1.15)
     iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))]
     background = rng.uniform(40, 230, size=3)
-    return FaceSample(
+    cues = Expression(
         brow_raise=cue["brow_raise"],
         brow_slant=cue["brow_slant"],
         eye_open=float(np.clip(cue["eye_open"], 0.35, 2.0)),
@@ -156,6 +149,9 @@ def sample_face(rng: np.random.Generator, class_name: str) -> FaceSample:
         mouth_width=float(np.clip(cue["mouth_width"], 0.55, 1.35)),
         upper_lip_raise=float(max(cue["upper_lip_raise"], 0.0)),
         nose_wrinkle=expression.nose_wrinkle and rng.uniform() < 0.8,
+    )
+    return FaceSample(
+        cues=cues,
         gaze=(rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2)),
         scale=rng.uniform(0.86, 1.0),
         angle_deg=rng.uniform(-8.0, 8.0),
@@ -268,19 +264,19 @@ def draw_head(canvas: FaceCanvas, face: FaceSample) -> None:
 def draw_brows(canvas: FaceCanvas, face: FaceSample) -> None:
     """Draw both brows; the slant moves their inner ends up or down."""
     colour = shade(face.hair, 0.7)
-    base_y = 0.215 - face.brow_raise
+    base_y = 0.215 - face.cues.brow_raise
     for side, outer_x, inner_x in (("left", 0.16, 0.43), ("right", 0.84, 0.57)):
         t = np.linspace(0.0, 1.0, 9)
         x = outer_x + (inner_x - outer_x) * t
         arch = -0.03 * np.sin(np.pi * (0.15 + 0.7 * t))
-        y = base_y + 0.02 + arch - face.brow_slant * t
+        y = base_y + 0.02 + arch - face.cues.brow_slant * t
         canvas.polyline(np.stack([x, y], axis=1), colour, width=0.035, feature=f"brow_{side}")
 
 
 def draw_eyes(canvas: FaceCanvas, face: FaceSample) -> None:
     """Draw socket shadow, sclera, iris, pupil and upper lid of each eye."""
     half_width = 0.07
-    half_height = 0.032 * face.eye_open
+    half_height = 0.032 * face.cues.eye_open
     socket = shade(face.skin, 0.6)
     for side, centre_x in (("left", 0.305), ("right", 0.695)):
         centre = (centre_x, 0.315)
@@ -308,21 +304,21 @@ def draw_nose(canvas: FaceCanvas, face: FaceSample) -> None:
     canvas.polygon(ellipse_points((0.5, 0.565), (0.05, 0.03)), shade(face.skin, 0.95))
     for x in (0.455, 0.545):
         canvas.polygon(ellipse_points((x, 0.6), (0.022, 0.012)), shade(face.skin, 0.35), feature="nose")
-    if face.nose_wrinkle:
+    if face.cues.nose_wrinkle:
         for x in (0.46, 0.54):
             canvas.polyline(np.array([[x - 0.02, 0.40], [x, 0.42], [x + 0.02, 0.40]]), shadow, width=0.008)
 
 
 def mouth_outline(face: FaceSample) -> tuple[np.ndarray, np.ndarray]:
     """Compute the upper and lower lip edges of the mouth opening, left corner to right corner."""
-    half_width = 0.15 * face.mouth_width
+    half_width = 0.15 * face.cues.mouth_width
     t = np.linspace(-1.0, 1.0, 21)
     x = 0.5 + half_width * t
-    corner_lift = face.mouth_curve * t ** 2
-    base_y = 0.775 - corner_lift + face.mouth_curve * 0.3
-    lip_raise = face.upper_lip_raise * np.clip(1.0 - np.abs(t - 0.35) * 1.6, 0.0, 1.0)
-    upper = base_y - face.mouth_open * 0.35 * (1 - t ** 2) - lip_raise
-    lower = base_y + face.mouth_open * 0.65 * (1 - t ** 2) ** 0.7 + 0.002
+    corner_lift = face.cues.mouth_curve * t ** 2
+    base_y = 0.775 - corner_lift + face.cues.mouth_curve * 0.3
+    lip_raise = face.cues.upper_lip_raise * np.clip(1.0 - np.abs(t - 0.35) * 1.6, 0.0, 1.0)
+    upper = base_y - face.cues.mouth_open * 0.35 * (1 - t ** 2) - lip_raise
+    lower = base_y + face.cues.mouth_open * 0.65 * (1 - t ** 2) ** 0.7 + 0.002
     return np.stack([x, upper], axis=1), np.stack([x, lower], axis=1)
 
 
@@ -335,8 +331,8 @@ def draw_mouth(canvas: FaceCanvas, face: FaceSample) -> None:
     canvas.polygon(upper_lip, lip, feature="mouth")
     canvas.polygon(lower_lip, lip, feature="mouth")
     canvas.polygon(np.concatenate([upper, lower[::-1]]), (60, 15, 20), feature="mouth")
-    if face.mouth_open > 0.02 and face.teeth:
-        teeth_lower = upper + [0.0, min(0.02, face.mouth_open * 0.3)]
+    if face.cues.mouth_open > 0.02 and face.teeth:
+        teeth_lower = upper + [0.0, min(0.02, face.cues.mouth_open * 0.3)]
         canvas.polygon(np.concatenate([upper[3:-3], teeth_lower[3:-3][::-1]]), (235, 232, 220))
     canvas.polyline(upper, (70, 25, 25), width=0.008)
 
